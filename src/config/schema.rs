@@ -1,0 +1,484 @@
+//! The configuration tree: one serde type per TOML section, with the defaults of the example config.
+//!
+//! These types are the contract with the rest of the daemon. Deserializing them directly (serde,
+//! `deny_unknown_fields`) works, but stops at the first problem and checks no cross-references: the
+//! daemon loads configs through [`super::load`] / [`super::parse_str`], which report every problem
+//! with its position and fill in the derived defaults (`mqtt.client_id`, source names).
+//!
+//! Key material is held as [`Key128`] (whose `Debug` is redacted), never as a string.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{self, Ed25519PublicKey, MqttUrl};
+use crate::keys::{DevAddr, Eui64, Key128};
+
+/// The whole configuration file (plus the devices of `devices_file`, merged into `device`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Optional TOML file with more `[[device]]` tables, relative to the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices_file: Option<PathBuf>,
+    pub gateway: GatewayConfig,
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub publish: PublishConfig,
+    #[serde(default)]
+    pub aggregate: AggregateConfig,
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    #[serde(default)]
+    pub ops: OpsConfig,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source: Vec<SourceConfig>,
+    /// Inline devices first, then those of `devices_file` (see [`DeviceConfig::from_devices_file`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device: Vec<DeviceConfig>,
+    #[serde(default)]
+    pub lighting: LightingConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demand_response: Option<DemandResponseConfig>,
+    /// The directory relative paths in the config are resolved against (the config file's directory).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl Config {
+    /// Resolves a path from the config (`devices_file`, `mqtt.ca_file`, `js:PATH`, ...) against the
+    /// config file's directory; absolute paths are returned unchanged.
+    pub fn resolve_path(&self, path: &std::path::Path) -> PathBuf {
+        self.base_dir.join(path)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// `[a-z0-9-]{1,32}`; appears in every topic.
+    pub id: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+    /// A level (`trace`..`error`, `off`) or a tracing filter directive (`info,district_gateway::lorawan=debug`).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/district-gateway")
+}
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub url: MqttUrl,
+    /// Further brokers, tried in order after `url` when it is unreachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<MqttUrl>,
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Empty in the file means `district-gateway-{gateway.id}`; filled in by [`super::load`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u16,
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+impl MqttConfig {
+    /// `url` followed by `urls`: the brokers in the order they are tried.
+    pub fn brokers(&self) -> impl Iterator<Item = &MqttUrl> {
+        std::iter::once(&self.url).chain(self.urls.iter())
+    }
+}
+
+fn default_topic_prefix() -> String {
+    "city".to_string()
+}
+fn default_keep_alive_s() -> u16 {
+    30
+}
+fn default_reconnect_min_ms() -> u64 {
+    500
+}
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    #[serde(default = "yes")]
+    pub readings: bool,
+    #[serde(default = "yes")]
+    pub aggregates: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            readings: true,
+            aggregates: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Window length in seconds; 10..=86400 and a divisor of 86400, so windows align with midnight UTC.
+    #[serde(default = "default_window_s")]
+    pub window_s: u32,
+}
+
+fn default_window_s() -> u32 {
+    300
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        AggregateConfig {
+            window_s: default_window_s(),
+        }
+    }
+}
+
+/// What the journal does when `max_bytes` is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BufferPolicy {
+    /// Delete the oldest unsent readings to make room (counted and announced).
+    #[default]
+    DropOldest,
+    /// Refuse new readings until there is room again (counted and announced).
+    DropNewest,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_s: Option<u64>,
+    #[serde(default)]
+    pub policy: BufferPolicy,
+    #[serde(default = "default_replay_rate")]
+    pub replay_rate: u32,
+}
+
+fn default_max_bytes() -> u64 {
+    268_435_456
+}
+fn default_flush_interval_ms() -> u32 {
+    100
+}
+fn default_replay_rate() -> u32 {
+    2000
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            max_bytes: default_max_bytes(),
+            flush_interval_ms: default_flush_interval_ms(),
+            max_age_s: None,
+            policy: BufferPolicy::default(),
+            replay_rate: default_replay_rate(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    #[serde(default = "default_http_bind", with = "values::socket_addr")]
+    pub http_bind: SocketAddr,
+    #[serde(default = "default_rollback_after_s")]
+    pub rollback_after_s: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<OpsKey>,
+}
+
+fn default_http_bind() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9107)
+}
+fn default_rollback_after_s() -> u32 {
+    60
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            http_bind: default_http_bind(),
+            rollback_after_s: default_rollback_after_s(),
+            key: Vec::new(),
+        }
+    }
+}
+
+/// A public key allowed to sign remote commands (`cmd/req` envelopes name it by `key_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsKey {
+    pub id: String,
+    pub ed25519_public: Ed25519PublicKey,
+}
+
+/// A `[[source]]`, selected by its `type` key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Gwmp(GwmpSource),
+    Sml(SmlSource),
+}
+
+impl SourceConfig {
+    /// The `type` values, for error messages and docs.
+    pub const TYPES: &'static [&'static str] = &["gwmp", "sml"];
+
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Gwmp(s) => &s.name,
+            SourceConfig::Sml(s) => &s.name,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Gwmp(_) => "gwmp",
+            SourceConfig::Sml(_) => "sml",
+        }
+    }
+}
+
+/// Semtech UDP packet forwarder protocol (PUSH_DATA/PULL_DATA) from a concentrator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GwmpSource {
+    /// Defaults to `gwmp-N`, N the 0-based position among the `[[source]]` tables.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default = "default_gwmp_bind", with = "values::socket_addr")]
+    pub bind: SocketAddr,
+}
+
+fn default_gwmp_bind() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1700)
+}
+
+/// A smart meter's SML output on a serial port (optical head), 8N1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmlSource {
+    /// Defaults to `sml-N`, N the 0-based position among the `[[source]]` tables.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Serial device path; not checked for existence (USB adapters come and go).
+    pub port: PathBuf,
+    /// The device name its readings are published under.
+    pub device: String,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DeviceClass {
+    #[default]
+    A,
+    C,
+}
+
+/// A LoRaWAN device. Exactly one of the ABP set (`dev_addr`, `nwk_s_key`, `app_s_key`) or the OTAA
+/// set (`dev_eui`, `join_eui`, `app_key`) is present after validation; see [`DeviceConfig::activation`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub name: String,
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::dev_addr_opt")]
+    pub dev_addr: Option<DevAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::key128_opt")]
+    pub nwk_s_key: Option<Key128>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::key128_opt")]
+    pub app_s_key: Option<Key128>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::eui64_opt")]
+    pub dev_eui: Option<Eui64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::eui64_opt")]
+    pub join_eui: Option<Eui64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::key128_opt")]
+    pub app_key: Option<Key128>,
+    #[serde(default)]
+    pub class: DeviceClass,
+    #[serde(default)]
+    pub relax_fcnt: bool,
+    /// True when the device came from `devices_file` rather than the main config.
+    #[serde(skip)]
+    pub from_devices_file: bool,
+}
+
+fn default_profile() -> String {
+    "raw".to_string()
+}
+
+/// How a device's session keys come about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activation {
+    Abp {
+        dev_addr: DevAddr,
+        nwk_s_key: Key128,
+        app_s_key: Key128,
+    },
+    Otaa {
+        dev_eui: Eui64,
+        join_eui: Eui64,
+        app_key: Key128,
+    },
+}
+
+/// A [`DeviceConfig`] that has not been validated (built by hand, or from an unchecked source).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActivationError {
+    #[error("device `{0}` has neither a complete ABP key set (dev_addr, nwk_s_key, app_s_key) nor a complete OTAA key set (dev_eui, join_eui, app_key)")]
+    Incomplete(String),
+    #[error("device `{0}` has both ABP and OTAA keys")]
+    Both(String),
+}
+
+impl DeviceConfig {
+    /// The device's activation. Always `Ok` for devices of a [`Config`] returned by `load`/`parse_str`.
+    pub fn activation(&self) -> Result<Activation, ActivationError> {
+        let abp = (self.dev_addr, self.nwk_s_key, self.app_s_key);
+        let otaa = (self.dev_eui, self.join_eui, self.app_key);
+        let abp_any = abp.0.is_some() || abp.1.is_some() || abp.2.is_some();
+        let otaa_any = otaa.0.is_some() || otaa.1.is_some() || otaa.2.is_some();
+        match (abp, otaa) {
+            _ if abp_any && otaa_any => Err(ActivationError::Both(self.name.clone())),
+            ((Some(dev_addr), Some(nwk_s_key), Some(app_s_key)), _) => Ok(Activation::Abp {
+                dev_addr,
+                nwk_s_key,
+                app_s_key,
+            }),
+            (_, (Some(dev_eui), Some(join_eui), Some(app_key))) => Ok(Activation::Otaa {
+                dev_eui,
+                join_eui,
+                app_key,
+            }),
+            _ => Err(ActivationError::Incomplete(self.name.clone())),
+        }
+    }
+
+    /// The `js:PATH` of a JavaScript codec profile, if this is one (relative to the config directory).
+    pub fn js_codec_path(&self) -> Option<&str> {
+        self.profile.strip_prefix("js:")
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LightingConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zone: Vec<ZoneConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub name: String,
+    /// IANA time zone name for the zone's schedules, e.g. `Europe/Berlin`.
+    pub time_zone: String,
+    /// Lamp devices in order along the path.
+    pub lamps: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensors: Vec<ZoneSensor>,
+    #[serde(default = "default_base_level_pct")]
+    pub base_level_pct: u8,
+    #[serde(default = "default_boost_level_pct")]
+    pub boost_level_pct: u8,
+    #[serde(default = "default_hold_s")]
+    pub hold_s: u32,
+    #[serde(default = "default_lamps_ahead")]
+    pub lamps_ahead: u32,
+}
+
+fn default_base_level_pct() -> u8 {
+    10
+}
+fn default_boost_level_pct() -> u8 {
+    100
+}
+fn default_hold_s() -> u32 {
+    90
+}
+fn default_lamps_ahead() -> u32 {
+    2
+}
+
+/// A presence device and the lamp it stands at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneSensor {
+    pub device: String,
+    pub lamp: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemandResponseConfig {
+    /// A device (or an SML source's `device`) whose readings carry `power_w`.
+    pub meter: String,
+    pub limit_kw: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load: Vec<LoadConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadKind {
+    SgReady,
+    Setpoint,
+    Switch,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadConfig {
+    pub name: String,
+    pub kind: LoadKind,
+    pub rated_kw: f64,
+    /// Lower sheds first.
+    pub priority: u32,
+}

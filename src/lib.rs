@@ -1,0 +1,15 @@
+//! district-gateway: one daemon per district gateway. See ARCHITECTURE.md for the map.
+//!
+//! Pure core (no tokio, sled, rppal, sockets or clock): `keys`, `lorawan`, `reading`, `ingest`,
+//! `config`. The shell: `io` (sources and the MQTT uplink), `store` (sled), `ops`, `runtime`, `sim`.
+
+pub mod config;
+pub mod ingest;
+pub mod io;
+pub mod keys;
+pub mod lorawan;
+pub mod ops;
+pub mod reading;
+pub mod runtime;
+pub mod sim;
+pub mod store;

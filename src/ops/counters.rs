@@ -1,0 +1,49 @@
+//! Process-wide counters, shared by the shell's tasks. Later exported as Prometheus metrics.
+//!
+//! Plain atomics: every task bumps its own counters without locks; readers take a snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal),* $(,)?) => {
+        #[derive(Default, Debug)]
+        pub struct Counters { $(#[doc = $doc] pub $name: AtomicU64,)* }
+
+        impl Counters {
+            /// (name, value) of every counter, for status replies, metrics and tests.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    datagrams: "UDP datagrams received from packet forwarders",
+    datagrams_bad: "datagrams refused: too short, unknown version or type, bad JSON",
+    push_data: "PUSH_DATA datagrams",
+    pull_data: "PULL_DATA keep-alives",
+    tx_ack: "TX_ACK datagrams",
+    stat: "gateway status objects received",
+    rxpk_bad: "rxpk entries refused: CRC failed, invalid base64, missing fields",
+    rxpk_crc: "rxpk entries with a failed CRC (stat != 1)",
+    frames_ok: "LoRaWAN frames accepted (MIC and counter valid)",
+    frames_bad_mic: "frames refused: no session's MIC verifies",
+    frames_replay: "frames refused: frame counter not increasing",
+    frames_unknown_dev_addr: "frames refused: no session for the DevAddr",
+    frames_malformed: "frames refused: not a parsable LoRaWAN data uplink",
+    frames_not_data: "frames that are not data uplinks (join requests, downlinks, proprietary)",
+    frames_duplicate: "copies of a frame already received through another rxpk or source",
+    frames_mac_only: "FPort 0 / empty frames: MAC commands only, no reading",
+    readings_journaled: "readings written to the journal",
+    journal_errors: "journal writes that failed",
+    published: "outbox records acknowledged by the broker (PUBACK)",
+    mqtt_connected: "1 while connected to the broker",
+    mqtt_reconnects: "broker connections lost",
+}
+
+impl Counters {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

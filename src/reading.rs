@@ -1,0 +1,109 @@
+//! The reading: one decoded uplink or meter value, as the city receives it on `reading/{device}`.
+//!
+//! Pure data: built by the core from values it is given (including the time), serialised with serde_json.
+//! The JSON field names are pinned by PRODUCT.md ("A reading").
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Radio metadata of a LoRaWAN reading. Absent for meters and other non-LoRa sources.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LoraMeta {
+    pub dev_addr: String,
+    pub f_cnt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub f_port: Option<u8>,
+    /// The decrypted FRMPayload.
+    pub payload_hex: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rssi: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snr: Option<f64>,
+    pub freq_hz: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sf: Option<u8>,
+}
+
+/// One reading. `seq` is assigned by the store when the reading is journaled.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Reading {
+    pub seq: u64,
+    pub gateway: String,
+    pub device: String,
+    pub profile: String,
+    pub at: String,
+    pub metrics: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lorawan: Option<LoraMeta>,
+    /// Set when the payload could not be decoded; the raw payload is still in `lorawan.payload_hex`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reading {
+    /// The topic below `{prefix}/{gateway}/`.
+    pub fn topic_suffix(&self) -> String {
+        format!("reading/{}", self.device)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising a struct of strings, numbers and maps cannot fail; fall back to an empty object
+        // rather than panic if it ever did.
+        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, the time format of every payload.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Marks a journaled JSON object as replayed from the backlog by appending `"replayed":true`.
+///
+/// The journal stores the payload exactly as it would go out live; splicing the flag in at publish time
+/// avoids a parse/serialise round trip for every replayed message.
+pub fn mark_replayed(payload: &[u8]) -> Vec<u8> {
+    let trimmed_len = payload.iter().rposition(|b| *b == b'}');
+    match trimmed_len {
+        Some(end) => {
+            let head = &payload[..end];
+            let empty_object = head.iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+            let mut out = Vec::with_capacity(payload.len() + 17);
+            out.extend_from_slice(head);
+            out.extend_from_slice(if empty_object { b"\"replayed\":true}" } else { b",\"replayed\":true}" });
+            out
+        }
+        None => payload.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replayed_flag_is_spliced_into_valid_json() {
+        let r = Reading {
+            seq: 7,
+            gateway: "g".into(),
+            device: "d".into(),
+            profile: "raw".into(),
+            at: "2026-11-26T03:10:00.123Z".into(),
+            metrics: Map::new(),
+            lorawan: None,
+            error: None,
+        };
+        let v: Value = serde_json::from_slice(&mark_replayed(&r.to_json())).unwrap();
+        assert_eq!(v["replayed"], Value::Bool(true));
+        assert_eq!(v["seq"], 7);
+        let v: Value = serde_json::from_slice(&mark_replayed(b"{}")).unwrap();
+        assert_eq!(v["replayed"], Value::Bool(true));
+    }
+
+    #[test]
+    fn time_format_is_rfc3339_millis_utc() {
+        let t = DateTime::from_timestamp_millis(1_795_000_000_123).unwrap();
+        assert!(rfc3339(t).ends_with(".123Z"));
+    }
+}
