@@ -24,9 +24,15 @@ pub struct RadioFrame {
 #[derive(Debug)]
 pub enum Outcome {
     /// A reading to journal (its `seq` is still 0), and the frame counter that admitted it.
-    Reading { reading: Box<Reading>, fcnt: u32 },
+    Reading {
+        reading: Box<Reading>,
+        fcnt: u32,
+    },
     /// A valid frame with MAC commands only (FPort 0 or no FRMPayload): state advances, no reading.
-    MacOnly { device: String, fcnt: u32 },
+    MacOnly {
+        device: String,
+        fcnt: u32,
+    },
     /// The same frame seen again within the de-duplication window.
     Duplicate,
     Rejected(UplinkError),

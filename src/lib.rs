@@ -4,10 +4,12 @@
 //! `config`. The shell: `io` (sources and the MQTT uplink), `store` (sled), `ops`, `runtime`, `sim`.
 
 pub mod config;
+pub mod decode;
 pub mod ingest;
 pub mod io;
 pub mod keys;
 pub mod lorawan;
+pub mod meter;
 pub mod ops;
 pub mod reading;
 pub mod runtime;

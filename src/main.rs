@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use district_gateway::{config, ops, runtime};
 
 #[derive(Parser)]
-#[command(name = "district-gateway", version, about = "District gateway: LoRaWAN and meters in, local control, store-and-forward to MQTT")]
+#[command(
+    name = "district-gateway",
+    version,
+    about = "District gateway: LoRaWAN and meters in, local control, store-and-forward to MQTT"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,12 +56,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(c) => {
-                println!(
-                    "{}: ok ({} devices, {} sources)",
-                    config.display(),
-                    c.device.len(),
-                    c.source.len()
-                );
+                println!("{}: ok ({} devices, {} sources)", config.display(), c.device.len(), c.source.len());
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -79,12 +78,12 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::Demo { seconds, broker } => {
-            ops::logging::init("warn");
+            ops::logging::init("warn,rumqttd=off");
             block_on(district_gateway::sim::demo::run(seconds, broker))
         }
         #[cfg(feature = "demo")]
         Command::Broker { bind } => {
-            ops::logging::init("warn");
+            ops::logging::init("warn,rumqttd=off");
             match district_gateway::sim::broker::run_blocking(bind) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -48,7 +48,7 @@ impl Daemon {
     /// Opens the store, binds the sources and starts every task. Errors here are start-up errors
     /// (store cannot be opened, address in use, ...).
     pub async fn start(config: &Config) -> anyhow::Result<Daemon> {
-        let data_dir = &config.gateway.data_dir;
+        let data_dir = &config.resolve_path(&config.gateway.data_dir);
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
         restrict_permissions(data_dir);
         let store = Store::open(&data_dir.join("store"), STORE_CACHE_BYTES)?;
@@ -59,28 +59,22 @@ impl Daemon {
 
         let ingest = build_ingest(config, &store)?;
         let (tx, rx) = mpsc::channel::<IngestRequest>(1024);
-        tasks.spawn(pipeline(
-            ingest,
-            store.clone(),
-            rx,
-            journaled.clone(),
-            counters.clone(),
-            config.publish.readings,
-        ));
+        tasks.spawn(pipeline(ingest, store.clone(), rx, journaled.clone(), counters.clone(), config.publish.readings));
 
         let mut gwmp_addrs = Vec::new();
         for (i, source) in config.source.iter().enumerate() {
             match source {
                 SourceConfig::Gwmp(g) => {
-                    let socket = gwmp::bind(&g.bind).await?;
+                    let socket = gwmp::bind(g.bind).await?;
                     let addr = socket.local_addr()?;
-                    let name = g.name.clone().unwrap_or_else(|| format!("gwmp-{i}"));
+                    let name = if g.name.is_empty() { format!("gwmp-{i}") } else { g.name.clone() };
                     tracing::info!(source = %name, %addr, "packet-forwarder source listening");
                     gwmp_addrs.push(addr);
                     tasks.spawn(gwmp::run(name, socket, tx.clone(), counters.clone(), shutdown_rx.clone()));
                 }
-                #[allow(unreachable_patterns)]
-                other => tracing::warn!(source = ?other.kind(), "source type not supported yet; ignored"),
+                other => {
+                    tracing::warn!(source = other.name(), kind = other.kind(), "source type not supported yet; ignored")
+                }
             }
         }
         drop(tx);
@@ -149,13 +143,13 @@ fn uplink_settings(config: &Config) -> anyhow::Result<mqtt::UplinkSettings> {
         host: url.host.clone(),
         port: url.port,
         tls: url.tls,
-        client_id: m.client_id(&config.gateway.id),
-        keep_alive: Duration::from_secs(m.keep_alive_s),
+        client_id: m.client_id.clone(),
+        keep_alive: Duration::from_secs(u64::from(m.keep_alive_s)),
         username: m.username.clone(),
-        password_file: m.password_file.clone(),
-        ca_file: m.ca_file.clone(),
-        cert_file: m.cert_file.clone(),
-        key_file: m.key_file.clone(),
+        password_file: m.password_file.as_deref().map(|p| config.resolve_path(p)),
+        ca_file: m.ca_file.as_deref().map(|p| config.resolve_path(p)),
+        cert_file: m.cert_file.as_deref().map(|p| config.resolve_path(p)),
+        key_file: m.key_file.as_deref().map(|p| config.resolve_path(p)),
         topic_base: format!("{}/{}/", m.topic_prefix, config.gateway.id),
         reconnect_min: Duration::from_millis(m.reconnect_min_ms),
         reconnect_max: Duration::from_millis(m.reconnect_max_ms),

@@ -85,18 +85,9 @@ pub(crate) struct At<'t> {
 
 impl Sink {
     pub(crate) fn push(&mut self, at: At<'_>, path: KeyPath, message: impl Into<String>) {
-        let At {
-            file_index,
-            file,
-            text,
-            offset,
-            structural,
-        } = at;
+        let At { file_index, file, text, offset, structural } = at;
         if !path.is_root()
-            && self
-                .problems
-                .iter()
-                .any(|(f, p, s, _)| *s && *f == file_index && !p.is_root() && path.starts_with(p))
+            && self.problems.iter().any(|(f, p, s, _)| *s && *f == file_index && !p.is_root() && path.starts_with(p))
         {
             return;
         }
@@ -104,13 +95,8 @@ impl Sink {
             Some(o) => line_col(text, o),
             None => (0, 0),
         };
-        let problem = ConfigProblem {
-            file: file.to_string(),
-            line,
-            col,
-            key_path: path.to_string(),
-            message: message.into(),
-        };
+        let problem =
+            ConfigProblem { file: file.to_string(), line, col, key_path: path.to_string(), message: message.into() };
         self.problems.push((file_index, path, structural, problem));
     }
 

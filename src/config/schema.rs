@@ -142,10 +142,7 @@ fn yes() -> bool {
 
 impl Default for PublishConfig {
     fn default() -> Self {
-        PublishConfig {
-            readings: true,
-            aggregates: true,
-        }
+        PublishConfig { readings: true, aggregates: true }
     }
 }
 
@@ -163,9 +160,7 @@ fn default_window_s() -> u32 {
 
 impl Default for AggregateConfig {
     fn default() -> Self {
-        AggregateConfig {
-            window_s: default_window_s(),
-        }
+        AggregateConfig { window_s: default_window_s() }
     }
 }
 
@@ -237,11 +232,7 @@ fn default_rollback_after_s() -> u32 {
 
 impl Default for OpsConfig {
     fn default() -> Self {
-        OpsConfig {
-            http_bind: default_http_bind(),
-            rollback_after_s: default_rollback_after_s(),
-            key: Vec::new(),
-        }
+        OpsConfig { http_bind: default_http_bind(), rollback_after_s: default_rollback_after_s(), key: Vec::new() }
     }
 }
 
@@ -357,16 +348,8 @@ fn default_profile() -> String {
 /// How a device's session keys come about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Activation {
-    Abp {
-        dev_addr: DevAddr,
-        nwk_s_key: Key128,
-        app_s_key: Key128,
-    },
-    Otaa {
-        dev_eui: Eui64,
-        join_eui: Eui64,
-        app_key: Key128,
-    },
+    Abp { dev_addr: DevAddr, nwk_s_key: Key128, app_s_key: Key128 },
+    Otaa { dev_eui: Eui64, join_eui: Eui64, app_key: Key128 },
 }
 
 /// A [`DeviceConfig`] that has not been validated (built by hand, or from an unchecked source).
@@ -387,16 +370,10 @@ impl DeviceConfig {
         let otaa_any = otaa.0.is_some() || otaa.1.is_some() || otaa.2.is_some();
         match (abp, otaa) {
             _ if abp_any && otaa_any => Err(ActivationError::Both(self.name.clone())),
-            ((Some(dev_addr), Some(nwk_s_key), Some(app_s_key)), _) => Ok(Activation::Abp {
-                dev_addr,
-                nwk_s_key,
-                app_s_key,
-            }),
-            (_, (Some(dev_eui), Some(join_eui), Some(app_key))) => Ok(Activation::Otaa {
-                dev_eui,
-                join_eui,
-                app_key,
-            }),
+            ((Some(dev_addr), Some(nwk_s_key), Some(app_s_key)), _) => {
+                Ok(Activation::Abp { dev_addr, nwk_s_key, app_s_key })
+            }
+            (_, (Some(dev_eui), Some(join_eui), Some(app_key))) => Ok(Activation::Otaa { dev_eui, join_eui, app_key }),
             _ => Err(ActivationError::Incomplete(self.name.clone())),
         }
     }

@@ -59,9 +59,7 @@ impl fmt::Display for KeyPath {
                     if i > 0 {
                         f.write_str(".")?;
                     }
-                    let bare = !k.is_empty()
-                        && k.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                    let bare = !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                     if bare {
                         f.write_str(k)?;
                     } else {
@@ -85,62 +83,40 @@ pub(crate) fn entry<'v, 'a>(
     }
 }
 
-/// Where a path leads: the span of the value (or of the deepest ancestor that exists) and the key span.
-pub(crate) struct Found {
-    pub key: Option<Range<usize>>,
-    pub value: Range<usize>,
-    pub complete: bool,
-}
-
-pub(crate) fn lookup(root: &Spanned<DeValue<'_>>, path: &KeyPath) -> Found {
+/// The span of the value at `path`, or of the deepest enclosing value that exists (for a missing key:
+/// its table, i.e. the table header or the inline table).
+pub(crate) fn lookup(root: &Spanned<DeValue<'_>>, path: &KeyPath) -> Range<usize> {
     let mut cur = root;
-    let mut key = None;
     for seg in &path.0 {
         let next = match (seg, cur.get_ref()) {
-            (Seg::Key(k), DeValue::Table(_)) => entry(cur, k).map(|(k, v)| (Some(k.span()), v)),
-            (Seg::Index(i), DeValue::Array(a)) => a.get(*i).map(|v| (None, v)),
+            (Seg::Key(k), DeValue::Table(_)) => entry(cur, k).map(|(_, v)| v),
+            (Seg::Index(i), DeValue::Array(a)) => a.get(*i),
             _ => None,
         };
         match next {
-            Some((k, v)) => {
-                key = k;
-                cur = v;
-            }
-            None => {
-                return Found {
-                    key: None,
-                    value: cur.span(),
-                    complete: false,
-                }
-            }
+            Some(v) => cur = v,
+            None => break,
         }
     }
-    Found {
-        key,
-        value: cur.span(),
-        complete: true,
-    }
+    cur.span()
 }
 
 /// Finds the node an error span refers to: the deepest key or value with exactly that span, else the
-/// smallest value containing it. Returns its path relative to `node` and whether it is a key.
-pub(crate) fn locate(node: &Spanned<DeValue<'_>>, span: &Range<usize>) -> Option<(KeyPath, bool)> {
+/// smallest value containing it. Returns its path relative to `node`.
+pub(crate) fn locate(node: &Spanned<DeValue<'_>>, span: &Range<usize>) -> Option<KeyPath> {
     struct Best {
-        exact: Option<(usize, KeyPath, bool)>,
+        exact: Option<(usize, KeyPath)>,
         containing: Option<(usize, KeyPath)>,
     }
     fn walk(v: &Spanned<DeValue<'_>>, path: &KeyPath, span: &Range<usize>, best: &mut Best) {
         let s = v.span();
         let depth = path.0.len();
-        if s == *span && best.exact.as_ref().map_or(true, |(d, _, _)| depth >= *d) {
-            best.exact = Some((depth, path.clone(), false));
+        if s == *span && best.exact.as_ref().map_or(true, |(d, _)| depth >= *d) {
+            best.exact = Some((depth, path.clone()));
         }
         if s.start <= span.start
             && span.end <= s.end
-            && best
-                .containing
-                .as_ref()
-                .map_or(true, |(len, _)| s.len() <= *len)
+            && best.containing.as_ref().map_or(true, |(len, _)| s.len() <= *len)
         {
             best.containing = Some((s.len(), path.clone()));
         }
@@ -149,7 +125,7 @@ pub(crate) fn locate(node: &Spanned<DeValue<'_>>, span: &Range<usize>) -> Option
                 for (k, child) in t.iter() {
                     let p = path.key(k.get_ref());
                     if k.span() == *span {
-                        best.exact = Some((depth + 1, p.clone(), true));
+                        best.exact = Some((depth + 1, p.clone()));
                     }
                     walk(child, &p, span, best);
                 }
@@ -162,14 +138,10 @@ pub(crate) fn locate(node: &Spanned<DeValue<'_>>, span: &Range<usize>) -> Option
             _ => {}
         }
     }
-    let mut best = Best {
-        exact: None,
-        containing: None,
-    };
+    let mut best = Best { exact: None, containing: None };
     walk(node, &KeyPath::root(), span, &mut best);
     match (best.exact, best.containing) {
-        (Some((_, p, is_key)), _) => Some((p, is_key)),
-        (None, Some((_, p))) => Some((p, false)),
+        (Some((_, p)), _) | (None, Some((_, p))) => Some(p),
         (None, None) => None,
     }
 }
@@ -184,9 +156,12 @@ pub(crate) fn remove_by_span(node: &mut Spanned<DeValue<'_>>, span: &Range<usize
                     return true;
                 }
             }
-            let before = t.len();
-            t.retain(|k, v| k.span() != *span && v.span() != *span);
-            t.len() != before
+            let hit =
+                t.iter().find(|(k, v)| k.span() == *span || v.span() == *span).map(|(k, _)| k.get_ref().to_string());
+            match hit {
+                Some(name) => t.remove(name.as_str()).is_some(),
+                None => false,
+            }
         }
         DeValue::Array(a) => {
             for child in a.iter_mut() {
@@ -217,14 +192,7 @@ pub(crate) fn split_off<'a>(
     let mut rest = node.clone();
     let mut taken = None;
     if let DeValue::Table(t) = rest.get_mut() {
-        t.retain(|k, v| {
-            if k.get_ref().as_ref() == key {
-                taken = Some(v.clone());
-                false
-            } else {
-                true
-            }
-        });
+        taken = t.remove(key);
     }
     (rest, taken)
 }
@@ -251,37 +219,21 @@ impl<'a> Doc<'a> {
             return Some(doc);
         }
         for e in errors {
-            let msg = e
-                .message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ");
+            let msg = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
             let offset = e.span().map_or(0, |s| s.start);
-            sink.push(
-                doc.at(Some(offset), true),
-                KeyPath::root(),
-                format!("TOML syntax error: {msg}"),
-            );
+            sink.push(doc.at(Some(offset), true), KeyPath::root(), format!("TOML syntax error: {msg}"));
         }
         None
     }
 
     pub(crate) fn at(&self, offset: Option<usize>, structural: bool) -> At<'_> {
-        At {
-            file_index: self.index,
-            file: &self.label,
-            text: self.text,
-            offset,
-            structural,
-        }
+        At { file_index: self.index, file: &self.label, text: self.text, offset, structural }
     }
 
     /// A semantic problem at `path`: at its value, or at the nearest enclosing table if it is absent.
     pub(crate) fn problem(&self, sink: &mut Sink, path: KeyPath, msg: impl Into<String>) {
-        let found = lookup(&self.root, &path);
-        sink.push(self.at(Some(found.value.start), false), path, msg);
+        let span = lookup(&self.root, &path);
+        sink.push(self.at(Some(span.start), false), path, msg);
     }
 
     /// The node at `path`, if it exists.
@@ -321,13 +273,10 @@ mod tests {
         let mut sink = Sink::default();
         let doc = Doc::parse(0, "t.toml", text, &mut sink).unwrap();
         let p = KeyPath::root().key("device").index(1).key("name");
-        let f = lookup(&doc.root, &p);
-        assert!(f.complete);
-        assert_eq!(&text[f.value.clone()], "\"b\"");
-        let (q, is_key) = locate(&doc.root, &f.value).unwrap();
-        assert_eq!((q, is_key), (p, false));
+        let span = lookup(&doc.root, &p);
+        assert_eq!(&text[span.clone()], "\"b\"");
+        assert_eq!(locate(&doc.root, &span), Some(p));
         let missing = lookup(&doc.root, &KeyPath::root().key("gateway").key("data_dir"));
-        assert!(!missing.complete);
-        assert_eq!(&text[missing.value], "[gateway]");
+        assert_eq!(&text[missing], "[gateway]");
     }
 }

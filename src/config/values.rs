@@ -56,39 +56,26 @@ impl FromStr for MqttUrl {
         } else if let Some(rest) = s.strip_prefix("mqtt://") {
             (false, rest)
         } else if s.contains("://") {
-            return Err(MqttUrlError(
-                "unsupported scheme; expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]",
-            ));
+            return Err(MqttUrlError("unsupported scheme; expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"));
         } else {
-            return Err(MqttUrlError(
-                "expected a URL mqtt://HOST[:PORT] or mqtts://HOST[:PORT]",
-            ));
+            return Err(MqttUrlError("expected a URL mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"));
         };
         if rest.contains('@') {
-            return Err(MqttUrlError(
-                "user info does not belong in the URL; use mqtt.username and mqtt.password_file",
-            ));
+            return Err(MqttUrlError("user info does not belong in the URL; use mqtt.username and mqtt.password_file"));
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#']) {
-            return Err(MqttUrlError(
-                "a broker URL has no path, query or fragment",
-            ));
+            return Err(MqttUrlError("a broker URL has no path, query or fragment"));
         }
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (addr, after) = v6
-                .split_once(']')
-                .ok_or(MqttUrlError("unclosed `[` in IPv6 host"))?;
+            let (addr, after) = v6.split_once(']').ok_or(MqttUrlError("unclosed `[` in IPv6 host"))?;
             if addr.parse::<Ipv6Addr>().is_err() {
                 return Err(MqttUrlError("invalid IPv6 address in brackets"));
             }
             let port = match after {
                 "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or(MqttUrlError("expected `:PORT` after `]`"))?,
-                ),
+                p => Some(p.strip_prefix(':').ok_or(MqttUrlError("expected `:PORT` after `]`"))?),
             };
             (addr, port)
         } else {
@@ -101,13 +88,9 @@ impl FromStr for MqttUrl {
             return Err(MqttUrlError("the URL has no host"));
         }
         if !rest.starts_with('[')
-            && !host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+            && !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
         {
-            return Err(MqttUrlError(
-                "the host may only contain letters, digits, `-`, `_` and `.` (IPv6 in brackets)",
-            ));
+            return Err(MqttUrlError("the host may only contain letters, digits, `-`, `_` and `.` (IPv6 in brackets)"));
         }
         let port = match port {
             None => default_port,
@@ -118,11 +101,7 @@ impl FromStr for MqttUrl {
                 Ok(p) => p,
             },
         };
-        Ok(MqttUrl {
-            tls,
-            host: host.to_string(),
-            port,
-        })
+        Ok(MqttUrl { tls, host: host.to_string(), port })
     }
 }
 
@@ -167,13 +146,9 @@ impl FromStr for Ed25519PublicKey {
     type Err = PublicKeyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .map_err(|_| PublicKeyError::NotBase64)?;
-        let arr: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| PublicKeyError::Length(bytes.len()))?;
+        let bytes =
+            base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|_| PublicKeyError::NotBase64)?;
+        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| PublicKeyError::Length(bytes.len()))?;
         Ok(Ed25519PublicKey(arr))
     }
 }
@@ -186,9 +161,7 @@ impl Serialize for Ed25519PublicKey {
 
 impl<'de> Deserialize<'de> for Ed25519PublicKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(ParseVisitor::<Ed25519PublicKey>::new(
-            "a base64 Ed25519 public key",
-        ))
+        d.deserialize_str(ParseVisitor::<Ed25519PublicKey>::new("a base64 Ed25519 public key"))
     }
 }
 
@@ -200,10 +173,7 @@ struct ParseVisitor<T> {
 
 impl<T> ParseVisitor<T> {
     fn new(expecting: &'static str) -> Self {
-        ParseVisitor {
-            expecting,
-            _t: PhantomData,
-        }
+        ParseVisitor { expecting, _t: PhantomData }
     }
 }
 
@@ -250,10 +220,8 @@ pub mod socket_addr {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-        d.deserialize_str(super::ParseVisitor::<Addr>::new(
-            "an IP address and port such as 127.0.0.1:1700",
-        ))
-        .map(|a| a.0)
+        d.deserialize_str(super::ParseVisitor::<Addr>::new("an IP address and port such as 127.0.0.1:1700"))
+            .map(|a| a.0)
     }
 }
 
@@ -280,12 +248,8 @@ macro_rules! hex_opt {
             }
 
             pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$ty>, D::Error> {
-                d.deserialize_str(ParseVisitor::<Wrap>::new(concat!(
-                    "a string of ",
-                    $digits,
-                    " hex digits"
-                )))
-                .map(|w| Some(w.0))
+                d.deserialize_str(ParseVisitor::<Wrap>::new(concat!("a string of ", $digits, " hex digits")))
+                    .map(|w| Some(w.0))
             }
         }
     };
@@ -327,9 +291,6 @@ mod tests {
     fn public_keys() {
         let k: Ed25519PublicKey = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".parse().unwrap();
         assert_eq!(k.0, [0; 32]);
-        assert_eq!(
-            "AAAA".parse::<Ed25519PublicKey>(),
-            Err(PublicKeyError::Length(3))
-        );
+        assert_eq!("AAAA".parse::<Ed25519PublicKey>(), Err(PublicKeyError::Length(3)));
     }
 }

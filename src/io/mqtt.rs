@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::{watch, Notify};
 
 use crate::ops::counters::Counters;
@@ -61,12 +63,7 @@ fn options(s: &UplinkSettings) -> anyhow::Result<MqttOptions> {
     o.set_clean_session(true);
     o.set_inflight(u16::try_from(s.window.clamp(1, 1000)).unwrap_or(100));
     o.set_max_packet_size(1 << 20, 1 << 20);
-    o.set_last_will(LastWill::new(
-        format!("{}state", s.topic_base),
-        r#"{"online":false}"#,
-        QoS::AtLeastOnce,
-        true,
-    ));
+    o.set_last_will(LastWill::new(format!("{}state", s.topic_base), r#"{"online":false}"#, QoS::AtLeastOnce, true));
     if let Some(user) = &s.username {
         let password = match &s.password_file {
             // The file's content is a secret: the error names the file, never what is in it.
@@ -152,7 +149,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options(&s)?, s.window * 2 + 16);
-    let mut link = Link { connected: false, cursor: 0, replay_upto: 0, queued: VecDeque::new(), inflight: HashMap::new() };
+    let mut link =
+        Link { connected: false, cursor: 0, replay_upto: 0, queued: VecDeque::new(), inflight: HashMap::new() };
     let mut backoff = s.reconnect_min;
     let online = serde_json::json!({"online": true, "version": s.version, "started_at": s.started_at}).to_string();
 
@@ -180,7 +178,8 @@ pub async fn run(
                 link.replay_upto = store.next_seq().saturating_sub(1);
                 backoff = s.reconnect_min;
                 counters.mqtt_connected.store(1, Ordering::Relaxed);
-                if client.try_publish(format!("{}state", s.topic_base), QoS::AtLeastOnce, true, online.clone()).is_ok() {
+                if client.try_publish(format!("{}state", s.topic_base), QoS::AtLeastOnce, true, online.clone()).is_ok()
+                {
                     link.queued.push_back(None);
                 }
             }

@@ -1,4 +1,4 @@
-//! LoRaWAN 1.0.x network-side core for ABP devices: sessions and frame counters, uplink verification and
+//! LoRaWAN 1.0.x network-side core: sessions and frame counters, uplink verification and
 //! decryption, cross-gateway de-duplication and a defensive MAC-command parser.
 //!
 //! Everything here is pure: no I/O, no clock (callers pass `now`), no async. The `lorawan` crate (0.9) does
@@ -6,16 +6,29 @@
 //! the crate gets wrong or could panic on (FPort of an empty FRMPayload, MAC commands) are read here with
 //! bounds-checked code.
 //!
-//! OTAA will add a join path next to [`uplink`]; [`UplinkError::NotUplinkData`] is what join requests get
-//! until then.
+//! OTAA and downlinks: [`join`] (join server, JoinAccept, session keys, DevAddr allocation), [`downlink`]
+//! (per-device queue, confirmed downlinks, MAC answers, window choice), and the EU868 rules in [`region`],
+//! [`airtime`] and [`dutycycle`]. Join requests given to `Sessions::accept_uplink` still get
+//! [`UplinkError::NotUplinkData`]: the caller routes MType JoinRequest to [`JoinServer`].
 
+pub mod airtime;
 pub mod dedup;
+pub mod downlink;
+pub mod dutycycle;
+pub mod join;
 pub mod mac;
+pub mod region;
 pub mod session;
 pub mod uplink;
 
 pub use dedup::Dedup;
+pub use downlink::{
+    DeviceClass, DownlinkEvent, DownlinkFrame, DownlinkQueue, QueueConfig, ScheduleError, ScheduledDownlink, Scheduler,
+};
+pub use dutycycle::{DutyCycle, DutyCycleError, SubBand};
+pub use join::{DevAddrAllocator, JoinContext, JoinError, JoinOutcome, JoinServer, NetId, OtaaDevice, SessionKeys};
 pub use mac::{parse_mac_uplink, MacCommand, MacParseError};
+pub use region::{Eu868, RxSettings, TxParams, UplinkRadio, Window};
 pub use session::Sessions;
 pub use uplink::{MType, Uplink, UplinkError};
 
@@ -40,5 +53,7 @@ pub(crate) mod testvectors {
     }
 }
 
+#[cfg(test)]
+mod otaa_tests;
 #[cfg(test)]
 mod tests;

@@ -66,7 +66,8 @@ impl Sessions {
     /// are unchanged (same session); otherwise it is a new session and starts without one.
     pub fn upsert(&mut self, device: &str, dev_addr: DevAddr, nwk_s_key: Key128, app_s_key: Key128, relax_fcnt: bool) {
         let old = self.take(device);
-        let last_fcnt = old.and_then(|(addr, s)| (addr == dev_addr && s.nwk_s_key == nwk_s_key).then_some(s.last_fcnt).flatten());
+        let last_fcnt =
+            old.and_then(|(addr, s)| (addr == dev_addr && s.nwk_s_key == nwk_s_key).then_some(s.last_fcnt).flatten());
         self.by_addr.entry(dev_addr).or_default().push(Session {
             device: device.to_string(),
             nwk_s_key,
@@ -118,6 +119,16 @@ impl Sessions {
         self.addr_of.len()
     }
 
+    /// True when a session uses this DevAddr (for the OTAA address allocator).
+    pub fn dev_addr_in_use(&self, addr: DevAddr) -> bool {
+        self.by_addr.contains_key(&addr)
+    }
+
+    /// The DevAddr of a device's session.
+    pub fn dev_addr_of(&self, device: &str) -> Option<DevAddr> {
+        self.addr_of.get(device).copied()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.addr_of.is_empty()
     }
@@ -150,7 +161,8 @@ impl Sessions {
         // Only a frame that decrypted advances the counter.
         session.last_fcnt = Some(f_cnt);
 
-        let (mac_commands, mac_error) = if f_port == Some(0) { parse_mac_uplink(&payload) } else { parse_mac_uplink(&fopts) };
+        let (mac_commands, mac_error) =
+            if f_port == Some(0) { parse_mac_uplink(&payload) } else { parse_mac_uplink(&fopts) };
         Ok(Uplink {
             device: session.device.clone(),
             dev_addr,

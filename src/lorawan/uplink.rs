@@ -130,7 +130,10 @@ impl DataFrame {
             return Err(malformed("unsupported LoRaWAN major version"));
         }
         if phy.len() < MIN_DATA_LEN {
-            return Err(UplinkError::Malformed(format!("{} bytes, a data frame has at least {MIN_DATA_LEN}", phy.len())));
+            return Err(UplinkError::Malformed(format!(
+                "{} bytes, a data frame has at least {MIN_DATA_LEN}",
+                phy.len()
+            )));
         }
         let addr: [u8; 4] = phy.get(1..5).and_then(|b| b.try_into().ok()).ok_or_else(|| malformed("short FHDR"))?;
         let fctrl = *phy.get(5).ok_or_else(|| malformed("short FHDR"))?;

@@ -60,6 +60,13 @@ pub async fn run(seconds: Option<u64>, broker_url: Option<String>) -> anyhow::Re
 
     println!("district-gateway demo");
     println!("  broker     mqtt://{host}:{port}{}", if broker_url.is_none() { " (embedded)" } else { "" });
+    // Subscribe before the daemon starts so that the viewer sees every reading.
+    let received = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let subscriber = tokio::spawn(subscribe(host.clone(), port, received.clone(), subscribed_tx));
+    if tokio::time::timeout(Duration::from_secs(10), subscribed).await.is_err() {
+        anyhow::bail!("could not subscribe at the broker mqtt://{host}:{port}");
+    }
     let daemon = Daemon::start(&config).await?;
     let gwmp = *daemon.gwmp_addrs.first().context("demo daemon has no gwmp source")?;
     println!("  daemon     gateway '{GATEWAY_ID}', packet forwarder on udp://{gwmp}");
@@ -67,13 +74,13 @@ pub async fn run(seconds: Option<u64>, broker_url: Option<String>) -> anyhow::Re
         println!("  device     {:<9} {}  ({what})", d.name, d.dev_addr);
     }
     println!("  topics     {PREFIX}/{GATEWAY_ID}/#");
-    println!("{}", match seconds {
-        Some(s) => format!("running for {s} s ...\n"),
-        None => "running until Ctrl-C ...\n".to_string(),
-    });
-
-    let received = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
-    let subscriber = tokio::spawn(subscribe(host.clone(), port, received.clone()));
+    println!(
+        "{}",
+        match seconds {
+            Some(s) => format!("running for {s} s ...\n"),
+            None => "running until Ctrl-C ...\n".to_string(),
+        }
+    );
 
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let eui = Eui64(0xaa55_5a00_0000_0001);
@@ -129,7 +136,10 @@ pub async fn run(seconds: Option<u64>, broker_url: Option<String>) -> anyhow::Re
     subscriber.abort();
     println!("\nsummary: {sent} uplinks sent, {acked} acknowledged by the gateway (PUSH_ACK), {got} readings received from the broker");
     if got < acked {
-        println!("         {} readings still in the gateway's outbox (they would be sent on the next connection)", acked - got);
+        println!(
+            "         {} readings still in the gateway's outbox (they would be sent on the next connection)",
+            acked - got
+        );
     }
     Ok(())
 }
@@ -149,7 +159,13 @@ fn demo_payload(name: &str, n: u32) -> Vec<u8> {
     }
 }
 
-async fn subscribe(host: String, port: u16, received: Arc<Mutex<HashMap<String, u64>>>) {
+async fn subscribe(
+    host: String,
+    port: u16,
+    received: Arc<Mutex<HashMap<String, u64>>>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut subscribed = Some(subscribed);
     let mut o = MqttOptions::new("demo-viewer", host, port);
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(o, 64);
@@ -158,6 +174,11 @@ async fn subscribe(host: String, port: u16, received: Arc<Mutex<HashMap<String, 
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+            }
+            Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                if let Some(tx) = subscribed.take() {
+                    let _ = tx.send(());
+                }
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
                 let topic = p.topic.strip_prefix(&format!("{PREFIX}/{GATEWAY_ID}/")).unwrap_or(&p.topic).to_string();
@@ -169,10 +190,10 @@ async fn subscribe(host: String, port: u16, received: Arc<Mutex<HashMap<String, 
                         "  {}  reading  {:<9} seq={:<4} f_cnt={:<4} sf={} rssi={:<4} payload={}{}",
                         v["at"].as_str().unwrap_or("").get(11..23).unwrap_or(""),
                         device,
-                        v["seq"],
-                        l["f_cnt"],
+                        v["seq"].to_string(),
+                        l["f_cnt"].to_string(),
                         l["sf"],
-                        l["rssi"],
+                        l["rssi"].to_string(),
                         l["payload_hex"].as_str().unwrap_or(""),
                         if v["replayed"] == true { "  (replayed)" } else { "" },
                     );

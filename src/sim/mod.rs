@@ -24,18 +24,23 @@ pub struct SimDevice {
 impl SimDevice {
     /// A device with keys derived from its index: deterministic, distinct, and obviously not real.
     pub fn numbered(prefix: &str, i: u32, profile: &str) -> SimDevice {
+        // FNV-1a over the name: distinct devices get distinct addresses and keys.
+        let name = format!("{prefix}-{i:03}");
+        let h = name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+        let hb = h.to_be_bytes();
         let mut nwk = [0u8; 16];
         let mut app = [0u8; 16];
         for (j, b) in nwk.iter_mut().enumerate() {
-            *b = (i as u8).wrapping_mul(31).wrapping_add(j as u8).wrapping_add(0x10);
+            *b = hb[j % 4].wrapping_add((j as u8).wrapping_mul(29)).wrapping_add(0x10);
         }
         for (j, b) in app.iter_mut().enumerate() {
-            *b = (i as u8).wrapping_mul(17).wrapping_add(j as u8 * 3).wrapping_add(0x80);
+            *b = hb[(j + 1) % 4].wrapping_mul(3).wrapping_add((j as u8).wrapping_mul(17)).wrapping_add(0x80);
         }
         SimDevice {
-            name: format!("{prefix}-{i:03}"),
+            name,
             profile: profile.to_string(),
-            dev_addr: DevAddr(0x2601_0000 | (i & 0xffff)),
+            // 0x26 is the NwkID prefix most public examples use; the rest from the hash and the index.
+            dev_addr: DevAddr(0x2600_0000 | ((h & 0x00ff_0000) ^ (i & 0xffff))),
             nwk_s_key: Key128::new(nwk),
             app_s_key: Key128::new(app),
             f_cnt: 0,

@@ -56,11 +56,7 @@ impl Record {
         let len = u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]) as usize;
         let topic = bytes.get(2..2 + len)?;
         let payload = bytes.get(2 + len..)?;
-        Some(Record {
-            seq,
-            topic_suffix: String::from_utf8(topic.to_vec()).ok()?,
-            payload: payload.to_vec(),
-        })
+        Some(Record { seq, topic_suffix: String::from_utf8(topic.to_vec()).ok()?, payload: payload.to_vec() })
     }
 }
 
@@ -120,11 +116,7 @@ impl Store {
         let tree = db.open_tree("journal")?;
         let stored_next = tree.get(NEXT_SEQ)?.and_then(|v| be_u64(&v)).unwrap_or(1);
         // The last outbox key is a second witness of the counter: never hand out a seq at or below it.
-        let last_in_outbox = tree
-            .scan_prefix([OUTBOX])
-            .next_back()
-            .transpose()?
-            .and_then(|(k, _)| be_u64(k.get(1..)?));
+        let last_in_outbox = tree.scan_prefix([OUTBOX]).next_back().transpose()?.and_then(|(k, _)| be_u64(k.get(1..)?));
         let next_seq = stored_next.max(last_in_outbox.map_or(1, |s| s + 1));
         Ok(Store { _db: db, tree, next_seq: Arc::new(AtomicU64::new(next_seq)) })
     }

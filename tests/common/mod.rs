@@ -254,6 +254,10 @@ impl Daemon {
         assert!(ok, "daemon did not come up; log:\n{}", self.all_logs());
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -18,7 +18,7 @@ use crate::runtime::IngestRequest;
 use packet::{Modulation, Packet, RxPkError};
 
 /// Binds the socket (so that a bad address fails the start, not later).
-pub async fn bind(addr: &str) -> anyhow::Result<UdpSocket> {
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
     use anyhow::Context;
     UdpSocket::bind(addr).await.with_context(|| format!("binding the gwmp source to {addr}"))
 }
@@ -63,7 +63,13 @@ pub async fn run(
                             if !is_lora {
                                 continue; // FSK frames are not LoRaWAN uplinks for us.
                             }
-                            frames.push(RadioFrame { phy: rx.data, rssi: rx.rssi, snr: rx.lsnr, freq_hz: rx.freq_hz, sf });
+                            frames.push(RadioFrame {
+                                phy: rx.data,
+                                rssi: rx.rssi,
+                                snr: rx.lsnr,
+                                freq_hz: rx.freq_hz,
+                                sf,
+                            });
                         }
                         Err(RxPkError::CrcFailed { .. }) => {
                             Counters::inc(&counters.rxpk_crc);

@@ -1,0 +1,349 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// `tests/data/config`, found relative to this source file (works from any crate that includes it).
+fn data_dir() -> PathBuf {
+    Path::new(file!()).parent().unwrap().join("../../tests/data/config")
+}
+
+/// The directory of the example config (`config/`), for resolving its relative paths.
+fn example_dir() -> PathBuf {
+    Path::new(file!()).parent().unwrap().join("../../config")
+}
+
+fn problems(file: &str) -> Vec<ConfigProblem> {
+    let dir = data_dir();
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
+    parse_str(&text, file, &dir).unwrap_err().0
+}
+
+/// Finds the problem at `key_path`, failing with the full list if there is none.
+fn find<'p>(ps: &'p [ConfigProblem], key_path: &str) -> &'p ConfigProblem {
+    ps.iter()
+        .find(|p| p.key_path == key_path)
+        .unwrap_or_else(|| panic!("no problem at {key_path}; got:\n{}", ConfigErrors(ps.to_vec())))
+}
+
+#[test]
+fn example_is_valid() {
+    let c =
+        parse_str(example(), "gateway.toml", &example_dir()).unwrap_or_else(|e| panic!("example config invalid:\n{e}"));
+    assert_eq!(c.gateway.id, "garstedt-01");
+    assert_eq!(c.gateway.latitude, Some(53.7065));
+    assert_eq!(c.mqtt.url.to_string(), "mqtts://broker.city.example:8883");
+    assert_eq!(c.mqtt.client_id, "district-gateway-garstedt-01");
+    assert_eq!(c.source.len(), 2);
+    assert_eq!(c.source[1].name(), "feeder-meter-head");
+    assert_eq!(c.device.len(), 6);
+    let otaa = c.device.iter().filter(|d| matches!(d.activation(), Ok(Activation::Otaa { .. })));
+    assert_eq!(otaa.count(), 1);
+    assert!(c.device.iter().all(|d| d.activation().is_ok()));
+    assert_eq!(c.lighting.zone[0].sensors[0].lamp, "lamp-02");
+    let dr = c.demand_response.as_ref().unwrap();
+    assert_eq!(dr.load[0].kind, LoadKind::SgReady);
+    assert_eq!(c.ops.key.len(), 1);
+    // The serde schema alone agrees with the validating loader.
+    let mut plain: Config = toml::from_str(example()).unwrap();
+    plain.base_dir = c.base_dir.clone();
+    plain.mqtt.client_id = c.mqtt.client_id.clone();
+    assert_eq!(plain, c);
+}
+
+#[test]
+fn defaults_apply() {
+    let c = parse_str(
+        "[gateway]\nid = \"g1\"\n[mqtt]\nurl = \"mqtt://10.0.0.1\"\n[[source]]\ntype = \"gwmp\"\n",
+        "t.toml",
+        Path::new(""),
+    )
+    .unwrap();
+    assert_eq!(c.gateway.data_dir, Path::new("/var/lib/district-gateway"));
+    assert_eq!(c.gateway.log_level, "info");
+    assert_eq!(c.mqtt.url.port, 1883);
+    assert_eq!(c.mqtt.topic_prefix, "city");
+    assert_eq!(c.mqtt.keep_alive_s, 30);
+    assert_eq!((c.mqtt.reconnect_min_ms, c.mqtt.reconnect_max_ms), (500, 30_000));
+    assert!(c.publish.readings && c.publish.aggregates);
+    assert_eq!(c.aggregate.window_s, 300);
+    assert_eq!(c.buffer, BufferConfig::default());
+    assert_eq!(c.buffer.max_bytes, 268_435_456);
+    assert_eq!(c.buffer.policy, BufferPolicy::DropOldest);
+    assert_eq!(c.ops.http_bind.to_string(), "127.0.0.1:9107");
+    assert_eq!(c.ops.rollback_after_s, 60);
+    assert_eq!(c.source[0].name(), "gwmp-0");
+    match &c.source[0] {
+        SourceConfig::Gwmp(g) => assert_eq!(g.bind.to_string(), "127.0.0.1:1700"),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.demand_response.is_none());
+}
+
+#[test]
+fn every_mistake_is_reported_with_its_position() {
+    let ps = problems("many-mistakes.toml");
+    let at = |path: &str| {
+        let p = find(&ps, path);
+        (p.line, p.col)
+    };
+    assert_eq!(at("devices_file"), (2, 16));
+    assert!(find(&ps, "devices_file").message.contains("no-such-devices.toml"));
+    assert_eq!(at("gateway.id"), (5, 6));
+    assert_eq!(at("gateway.colour"), (6, 1));
+    assert!(find(&ps, "gateway.colour").message.starts_with("unknown key"));
+    assert_eq!(at("mqtt.keepalive"), (10, 1));
+    assert!(find(&ps, "mqtt.keepalive").message.contains("`keep_alive_s`"));
+    assert_eq!(at("buffer.flush_interval_ms"), (13, 21));
+    assert_eq!(at("buffer.policy"), (14, 10));
+    assert!(find(&ps, "buffer.policy").message.contains("drop-oldest"));
+    assert_eq!(at("source[0].bind"), (18, 8));
+    assert_eq!(at("device[0].app_s_key"), (24, 13));
+    assert_eq!(find(&ps, "device[0].app_s_key").message, "expected 32 hex digits, got 28");
+    assert_eq!(at("device[1].name"), (27, 8));
+    assert!(find(&ps, "device[1].name").message.contains("duplicate"));
+    assert_eq!(at("device[1].app_eui"), (29, 1));
+    // The OTAA set lacks join_eui: reported at the device's table header.
+    assert_eq!(at("device[1].join_eui"), (26, 1));
+    assert_eq!(ps.len(), 11, "{}", ConfigErrors(ps.clone()));
+    // Display: FILE:LINE:COL: key.path: problem, sorted by position.
+    let text = ConfigErrors(ps.clone()).to_string();
+    assert!(text.contains("many-mistakes.toml:24:13: device[0].app_s_key: expected 32 hex digits, got 28"));
+    let lines: Vec<(usize, usize)> = ps.iter().map(|p| (p.line, p.col)).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+}
+
+#[test]
+fn devices_file_problems_name_that_file() {
+    let ps = problems("with-devices-file.toml");
+    let file_of = |path: &str| find(&ps, path).file.clone();
+    assert!(ps.iter().all(|p| p.file.ends_with("devices-bad.toml")), "{}", ConfigErrors(ps.clone()));
+    assert!(file_of("device[1].dev_addr").ends_with("devices-bad.toml"));
+    let p = find(&ps, "device[1].dev_addr");
+    assert_eq!((p.line, p.col, p.message.as_str()), (10, 12, "expected 8 hex digits, got 4"));
+    let dup = find(&ps, "device[1].name");
+    assert_eq!((dup.line, dup.col), (9, 8));
+    assert!(dup.message.contains("with-devices-file.toml"), "{}", dup.message);
+    assert_eq!((find(&ps, "device[1].colour").line), 13);
+    assert_eq!((find(&ps, "gateway").line), 15);
+    assert_eq!(ps.len(), 4, "{}", ConfigErrors(ps.clone()));
+}
+
+#[test]
+fn devices_file_devices_are_merged() {
+    let dir = std::env::temp_dir().join(format!("district-gateway-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("devices.toml"),
+        "[[device]]\nname = \"tree-001\"\ndev_eui = \"0004a30b001c0530\"\njoin_eui = \"70b3d57ed0000001\"\napp_key = \"8a4c6b2f9d1e3a5b7c9d0e1f2a3b4c5d\"\n",
+    )
+    .unwrap();
+    let text = "devices_file = \"devices.toml\"\n[gateway]\nid = \"g\"\n[mqtt]\nurl = \"mqtt://h\"\n[[device]]\nname = \"lamp-01\"\ndev_addr = \"260b4f21\"\nnwk_s_key = \"0c7acd75978cc5b38146abc50dc53c11\"\napp_s_key = \"30ec2c6060735ad1252e01d248b8c475\"\n";
+    let c = parse_str(text, "t.toml", &dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let c = c.unwrap();
+    assert_eq!(c.device.len(), 2);
+    assert!(!c.device[0].from_devices_file);
+    assert!(c.device[1].from_devices_file);
+    assert!(matches!(c.device[1].activation(), Ok(Activation::Otaa { .. })));
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let ps = problems("syntax-error.toml");
+    assert!(!ps.is_empty());
+    assert_eq!(ps[0].line, 4, "{}", ConfigErrors(ps.clone()));
+    assert!(ps[0].message.starts_with("TOML syntax error"));
+    assert!(ps[0].key_path.is_empty());
+}
+
+#[test]
+fn missing_sections_and_keys() {
+    let ps = parse_str("[gateway]\ndata_dir = \"/tmp\"\n", "t.toml", Path::new("")).unwrap_err().0;
+    let id = find(&ps, "gateway.id");
+    assert_eq!((id.line, id.col), (1, 1));
+    assert!(id.message.contains("missing"));
+    assert_eq!(find(&ps, "mqtt").line, 1);
+    let ps = parse_str(
+        "[gateway]\nid = \"g\"\n[mqtt]\nurl = \"tcp://h\"\n[[source]]\ntype = \"lora\"\n[[source]]\nbind = \"127.0.0.1:1\"\n",
+        "t.toml",
+        Path::new(""),
+    )
+    .unwrap_err()
+    .0;
+    assert!(find(&ps, "mqtt.url").message.contains("mqtt://"));
+    assert!(find(&ps, "source[0].type").message.contains("gwmp, sml"));
+    assert!(find(&ps, "source[1].type").message.contains("missing"));
+}
+
+#[test]
+fn duplicates_and_references() {
+    let text = r#"
+[gateway]
+id = "g"
+[mqtt]
+url = "mqtt://h"
+[[source]]
+type = "gwmp"
+name = "a"
+[[source]]
+type = "gwmp"
+name = "a"
+bind = "127.0.0.1:1700"
+[[device]]
+name = "d1"
+dev_addr = "26011bda"
+nwk_s_key = "000102030405060708090a0b0c0d0e0f"
+app_s_key = "0f0e0d0c0b0a09080706050403020100"
+[[device]]
+name = "d2"
+dev_addr = "26011bda"
+nwk_s_key = "000102030405060708090a0b0c0d0e0f"
+app_s_key = "000102030405060708090a0b0c0d0e0f"
+[[lighting.zone]]
+name = "z"
+time_zone = "Europe/Berlin"
+lamps = ["d1", "nope"]
+sensors = [{ device = "d2", lamp = "d2" }]
+base_level_pct = 120
+[demand_response]
+meter = "missing-meter"
+limit_kw = -1.0
+"#;
+    let ps = parse_str(text, "t.toml", Path::new("")).unwrap_err().0;
+    assert!(find(&ps, "source[1].name").message.contains("duplicate"));
+    assert!(find(&ps, "source[1].bind").message.contains("source[0]"));
+    let same = find(&ps, "device[1].nwk_s_key");
+    assert!(same.message.contains("device[0]"), "{}", same.message);
+    assert!(find(&ps, "lighting.zone[0].lamps[1]").message.contains("nope"));
+    assert!(find(&ps, "lighting.zone[0].sensors[0].lamp").message.contains("not one of"));
+    assert!(find(&ps, "lighting.zone[0].base_level_pct").message.contains("0..=100"));
+    assert!(find(&ps, "demand_response.meter").message.contains("missing-meter"));
+    find(&ps, "demand_response.limit_kw");
+    assert_eq!(ps.len(), 8, "{}", ConfigErrors(ps.clone()));
+}
+
+#[test]
+fn keys_never_leak() {
+    const SECRET: &str = "c0ffee";
+    let text = r#"
+[gateway]
+id = "g"
+[mqtt]
+url = "mqtt://user:c0ffee@h"
+[[device]]
+name = "a"
+dev_addr = "26011bda"
+nwk_s_key = "c0ffeec0ffeec0ffeec0ffeec0ffee"
+app_s_key = "c0ffeec0ffeec0ffeec0ffeec0ffeezz"
+app_s_kee = "c0ffeec0ffeec0ffeec0ffeec0ffee00"
+[[device]]
+name = "b"
+dev_eui = 123456
+join_eui = "c0ffee"
+app_key = ["c0ffeec0ffeec0ffeec0ffeec0ffee00"]
+relax_fcnt = "c0ffeec0ffeec0ffeec0ffeec0ffee00"
+"#;
+    let errs = parse_str(text, "t.toml", Path::new("")).unwrap_err();
+    let shown = format!("{errs}\n{errs:?}");
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(!shown.contains("123456"), "{shown}");
+    assert!(errs.0.len() >= 7, "{errs}");
+
+    let good = example().replace("e61ab9302caf112c1e5e847197d2736a", "c0ffeec0ffeec0ffeec0ffeec0ffee00");
+    let c = parse_str(&good, "gateway.toml", &example_dir()).unwrap();
+    let debug = format!("{c:?} {:?}", c.device[0].activation());
+    assert!(!debug.contains(SECRET), "{debug}");
+    assert!(!debug.contains("e61ab93"));
+    let redacted = c.redacted_toml();
+    assert!(!redacted.contains(SECRET), "{redacted}");
+    for hexkey in ["c32a075c4a86ccef", "5f09f6e4548d53d4"] {
+        assert!(!redacted.contains(hexkey), "{redacted}");
+    }
+    assert!(redacted.contains("nwk_s_key = \"<redacted>\""), "{redacted}");
+    assert!(redacted.contains("app_key = \"<redacted>\""), "{redacted}");
+    assert!(redacted.contains("garstedt-01"));
+    let back: toml::Table = toml::from_str(&redacted).unwrap();
+    assert!(back.contains_key("device"));
+    // In the schema's order, [gateway] first.
+    assert!(redacted.starts_with("[gateway]"), "{redacted}");
+    // The sorted fallback redacts as well.
+    let mut t = toml::Table::try_from(&c).unwrap();
+    redact(&mut t);
+    assert!(is_redacted(&t));
+    assert!(!toml::to_string(&t).unwrap().contains(SECRET));
+}
+
+#[test]
+fn load_reads_files_and_names_them() {
+    let path = data_dir().join("many-mistakes.toml");
+    let errs = load(&path).unwrap_err();
+    assert!(errs.0.iter().all(|p| p.file == path.display().to_string()));
+    let missing = load(&data_dir().join("nope.toml")).unwrap_err();
+    assert_eq!(missing.0.len(), 1);
+    assert!(missing.to_string().contains("nope.toml: cannot read the config file"));
+    let example_path = example_dir().join("gateway.toml");
+    let c = load(&example_path).unwrap();
+    assert_eq!(c.base_dir, example_dir());
+}
+
+#[test]
+fn referenced_files_must_exist() {
+    let text = r#"
+[gateway]
+id = "g"
+[mqtt]
+url = "mqtts://h"
+username = "u"
+password_file = "no-such-password"
+ca_file = "many-mistakes.toml"
+cert_file = "no-such.crt"
+[[device]]
+name = "a"
+profile = "js:codecs/none.js"
+dev_eui = "0004a30b001c0530"
+join_eui = "70b3d57ed0000001"
+app_key = "8a4c6b2f9d1e3a5b7c9d0e1f2a3b4c5d"
+"#;
+    let ps = parse_str(text, "t.toml", &data_dir()).unwrap_err().0;
+    find(&ps, "mqtt.password_file");
+    find(&ps, "mqtt.cert_file");
+    assert!(find(&ps, "mqtt.key_file").message.contains("cert_file"));
+    find(&ps, "device[0].profile");
+    assert_eq!(ps.len(), 4, "{}", ConfigErrors(ps.clone()));
+}
+
+#[test]
+fn odd_shapes_are_problems_not_panics() {
+    let head = "[gateway]\nid = \"g\"\n[mqtt]\nurl = \"mqtt://h\"\n";
+    for body in [
+        "device = 5\n",
+        "[device]\nname = \"x\"\n",
+        "source = [1, \"x\"]\n",
+        "[[source]]\ntype = 5\n",
+        "[ops]\nkey = 5\n",
+        "[[ops.key]]\nid = \"k\"\ned25519_public = \"AAAA\"\n",
+        "lighting = 3\n",
+        "[lighting]\nzone = [5]\n",
+        "[[lighting.zone]]\nname = \"z\"\ntime_zone = \"UTC\"\nlamps = [1]\nsensors = 5\n",
+        "[[lighting.zone]]\nname = \"z\"\ntime_zone = \"UTC\"\nlamps = []\nsensors = [{ device = \"x\" }, 7]\n",
+        "[demand_response]\nload = [{ name = \"l\", kind = \"nuclear\" }]\n",
+        "[[device]]\n[[device]]\nname = 5\n",
+        "[[device]]\nname = \"a\"\ndev_addr = \"26011bda\"\ndev_eui = \"0004a30b001c0530\"\n",
+        "[aggregate]\nwindow_s = 7\n[buffer]\nmax_bytes = -1\nmax_age_s = 0\n",
+        "devices_file = 5\n",
+        "devices_file = \"\"\n",
+        "[gateway.sub]\nx = 1\n",
+        "a.b.c = 1\n",
+    ] {
+        // Top-level keys must come before the first table.
+        let text = format!("{body}{head}");
+        let errs = parse_str(&text, "t.toml", Path::new("")).expect_err(body);
+        assert!(!errs.0.is_empty(), "{body}");
+        assert!(errs.0.iter().all(|p| p.line >= 1 && p.col >= 1), "{body}: {errs}");
+    }
+    for text in ["", "[gateway]", "gateway = 5\nmqtt = []", "[[gateway]]\n[[mqtt]]"] {
+        assert!(parse_str(text, "t.toml", Path::new("")).is_err());
+    }
+}
