@@ -42,6 +42,29 @@ enum Command {
         #[arg(long)]
         broker: Option<String>,
     },
+    /// Traffic generator: encrypted LoRaWAN uplinks for the devices in FILE as Semtech UDP PUSH_DATA.
+    Simulate {
+        /// The packet-forwarder address of the gateway, e.g. 127.0.0.1:1700.
+        #[arg(long)]
+        gwmp: Option<std::net::SocketAddr>,
+        /// A devices file (`[[device]]` tables, the `devices_file` format).
+        #[arg(long)]
+        devices: PathBuf,
+        /// Uplinks per second, all devices together.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// First frame counter of every device.
+        #[arg(long, default_value_t = 0)]
+        fcnt_start: u32,
+        /// Instead of sending: write N generated ABP devices to the devices file and exit.
+        #[arg(long, value_name = "N")]
+        make_devices: Option<u32>,
+        /// Profile of generated devices.
+        #[arg(long, default_value = "milesight-em310-udl")]
+        profile: String,
+    },
     /// Run only the embedded MQTT broker on ADDR (for tests and experiments).
     #[cfg(feature = "demo")]
     #[command(hide = true)]
@@ -75,6 +98,36 @@ fn main() -> ExitCode {
             };
             ops::logging::init(&cfg.gateway.log_level);
             block_on(runtime::run_until_signal(cfg))
+        }
+        Command::Simulate { gwmp, devices, rate, seconds, fcnt_start, make_devices, profile } => {
+            use district_gateway::sim::simulate;
+            if let Some(n) = make_devices {
+                return match simulate::make_devices(&devices, n, &profile) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("district-gateway: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            let Some(gwmp) = gwmp else {
+                eprintln!("district-gateway: simulate needs --gwmp ADDR");
+                return ExitCode::from(2);
+            };
+            ops::logging::init("warn");
+            block_on(async move {
+                let r = simulate::run(simulate::SimulateArgs { gwmp, devices, rate, seconds, fcnt_start }).await?;
+                println!(
+                    "sent {} uplinks in {:.2} s ({:.0}/s); {} acknowledged (PUSH_ACK), ack latency p50 {:.2} ms, p99 {:.2} ms",
+                    r.sent,
+                    r.elapsed.as_secs_f64(),
+                    r.sent as f64 / r.elapsed.as_secs_f64().max(1e-9),
+                    r.acked,
+                    r.ack_p50_us as f64 / 1000.0,
+                    r.ack_p99_us as f64 / 1000.0
+                );
+                Ok(())
+            })
         }
         #[cfg(feature = "demo")]
         Command::Demo { seconds, broker } => {

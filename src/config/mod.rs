@@ -53,6 +53,19 @@ pub fn parse_str(text: &str, file_label: &str, base_dir: &Path) -> Result<Config
     validate::parse_and_validate(text, file_label, base_dir)
 }
 
+/// Reads a devices file on its own (the `devices_file` format: `[[device]]` tables only), validated
+/// exactly as when a config names it. Used by `simulate`, which shares the daemon's device list.
+pub fn load_devices(path: &Path) -> Result<Vec<DeviceConfig>, ConfigErrors> {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let base_dir = abs.parent().unwrap_or(Path::new("/"));
+    let file = abs.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let wrapper = format!(
+        "devices_file = {}\n[gateway]\nid = \"simulate\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n",
+        toml::Value::String(file)
+    );
+    parse_str(&wrapper, "<devices>", base_dir).map(|c| c.device)
+}
+
 /// Keys whose values [`Config::redacted_toml`] replaces.
 const SECRET_KEYS: &[&str] = &["nwk_s_key", "app_s_key", "app_key", "password"];
 

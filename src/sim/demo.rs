@@ -16,7 +16,7 @@ use crate::config;
 use crate::io::gwmp::packet::{build_push_data, RxPkOut};
 use crate::keys::Eui64;
 use crate::runtime::Daemon;
-use crate::sim::{broker, SimDevice};
+use crate::sim::{broker, payloads, SimDevice};
 
 const GATEWAY_ID: &str = "demo-district";
 const PREFIX: &str = "city";
@@ -30,11 +30,11 @@ fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
 
 fn demo_devices() -> Vec<(SimDevice, &'static str)> {
     vec![
-        (SimDevice::numbered("bin", 1, "raw"), "waste container, ultrasonic fill level"),
-        (SimDevice::numbered("bin", 2, "raw"), "waste container, ultrasonic fill level"),
+        (SimDevice::numbered("bin", 1, "milesight-em310-udl"), "waste container, ultrasonic fill level"),
+        (SimDevice::numbered("bin", 2, "milesight-em310-udl"), "waste container, ultrasonic fill level"),
         (SimDevice::numbered("tree", 1, "raw"), "city tree, soil moisture"),
-        (SimDevice::numbered("pir", 1, "raw"), "presence sensor on the lit path"),
-        (SimDevice::numbered("lamp", 1, "raw"), "street-light controller"),
+        (SimDevice::numbered("pir", 1, "milesight-ws202"), "presence sensor on the lit path"),
+        (SimDevice::numbered("lamp", 1, "lamp-generic"), "street-light controller"),
     ]
 }
 
@@ -101,7 +101,8 @@ pub async fn run(seconds: Option<u64>, broker_url: Option<String>) -> anyhow::Re
         }
         let i = (sent as usize) % devices.len();
         let (dev, _) = &mut devices[i];
-        let payload = demo_payload(&dev.name, dev.f_cnt);
+        let (port, payload) = payloads::for_profile(&dev.profile, dev.f_cnt);
+        dev.f_port = port;
         let phy = dev.uplink(&payload);
         token = token.wrapping_add(1);
         let rx = RxPkOut {
@@ -142,21 +143,6 @@ pub async fn run(seconds: Option<u64>, broker_url: Option<String>) -> anyhow::Re
         );
     }
     Ok(())
-}
-
-/// Plausible bytes per device kind (decoders come with the device profiles).
-fn demo_payload(name: &str, n: u32) -> Vec<u8> {
-    let n = n as u16;
-    if name.starts_with("bin") {
-        let mm = 2400u16.saturating_sub(n.wrapping_mul(37) % 2000);
-        vec![0x01, 0x75, 0x5c, 0x03, 0x82, (mm & 0xff) as u8, (mm >> 8) as u8]
-    } else if name.starts_with("tree") {
-        vec![0x0c, 0xe4, 0x01, (n % 40) as u8 + 10, 0x00]
-    } else if name.starts_with("pir") {
-        vec![0x01, 0x75, 0x64, 0x03, 0x00, (n % 2) as u8]
-    } else {
-        vec![(n * 10 % 101) as u8]
-    }
 }
 
 async fn subscribe(

@@ -6,6 +6,8 @@ pub mod broker;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod frames;
+pub mod payloads;
+pub mod simulate;
 
 use crate::keys::{DevAddr, Key128};
 

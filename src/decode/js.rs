@@ -1,0 +1,547 @@
+//! Sandboxed JavaScript device codecs in The Things Network format (`profile = "js:PATH"`).
+//!
+//! A codec is a script that defines `function decodeUplink(input)`; `input` is
+//! `{bytes: [..], fPort: n}` (plus `recvTime`, a `Date`, when the caller passes one) and the
+//! result is `{data, warnings, errors}`. Each [`JsCodec`] owns one QuickJS runtime and context
+//! (via rquickjs): the script is compiled and its top level run once at [`JsCodec::load`], and
+//! every [`Decoder::decode`] calls `decodeUplink` in that same context.
+//!
+//! # Sandbox
+//! - Only the ECMAScript built-ins (Object, Math, JSON, Date, RegExp, typed arrays, Map/Set,
+//!   Promise, Proxy, BigInt, `eval`). No `std`/`os` modules, no `console`, no `performance`,
+//!   no `WeakRef`, no timers, no I/O of any kind. No module loader or resolver is installed
+//!   (and rquickjs is built without its `loader` feature), so `require` is undefined, a static
+//!   `import` is a syntax error in a script and `import()` rejects.
+//! - Memory: the runtime's allocator is capped at [`JsLimits::memory_bytes`]; exhausting it
+//!   throws inside the codec.
+//! - Stack: native stack use of the interpreter is capped at [`JsLimits::stack_bytes`].
+//! - Time: QuickJS calls an interrupt handler every ~10,000 bytecode operations; it reads the
+//!   injected clock and aborts the call (an uncatchable exception) once
+//!   [`JsLimits::time_budget`] has passed. Loading gets ten times the budget. Known gap: the
+//!   QuickJS-ng regex engine in rquickjs 0.9 does not poll the interrupt handler, so a
+//!   catastrophically backtracking regular expression is not stopped by the time limit.
+//!
+//! After a time-out, memory exhaustion, stack overflow, or when the codec's heap stays above
+//! half the memory limit, the runtime is dropped and re-created transparently from the stored
+//! source on the next call, so one bad payload cannot leave a codec half-updated or starved.
+//!
+//! # Result mapping
+//! - `data` (an object, or absent) → [`Decoded::metrics`], converted like `JSON.stringify`
+//!   (`toJSON` honoured, functions and `undefined` skipped, nested objects kept as JSON);
+//!   integral numbers become JSON integers; non-finite numbers are dropped (in arrays: `null`)
+//!   with a warning.
+//! - `warnings` / `errors` (arrays; a single string is accepted) → kept as strings. A codec
+//!   that reports errors still yields `Ok`: the caller decides.
+//! - An exception, time-out, memory or stack exhaustion, a missing `decodeUplink`, a result
+//!   that is not an object (or a `Promise`) → `Err(DecodeError::Codec(msg))`; `msg` is short
+//!   and never contains the payload (only the codec's own exception text, truncated).
+//!
+//! The module reads no clock itself: the caller injects one (see [`JsCodec::load`]).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rquickjs::context::intrinsic;
+use rquickjs::context::EvalOptions;
+use rquickjs::{Array, Constructor, Context, Ctx, Function, Object, Runtime, Type, Value};
+use serde_json::Value as Json;
+
+use crate::decode::{DecodeError, Decoded, Decoder, Metrics};
+
+/// A monotonic clock: time since an arbitrary fixed origin.
+pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// Resource limits of one codec runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsLimits {
+    /// Heap the runtime may allocate (QuickJS malloc limit). Default 16 MiB.
+    pub memory_bytes: usize,
+    /// Wall time one `decodeUplink` call may take. Default 100 ms. Loading (compiling and
+    /// running the script's top level) may take ten times this.
+    pub time_budget: Duration,
+    /// Native stack the interpreter may use per call. Default 256 KiB.
+    pub stack_bytes: usize,
+}
+
+impl Default for JsLimits {
+    fn default() -> Self {
+        Self { memory_bytes: 16 * 1024 * 1024, time_budget: Duration::from_millis(100), stack_bytes: 256 * 1024 }
+    }
+}
+
+/// Intrinsics a TTN codec may use; deliberately without `Performance` (a clock) and `WeakRef`
+/// (GC-dependent behaviour). `Eval` is required to evaluate the script at all.
+type Intrinsics = (
+    intrinsic::Date,
+    intrinsic::Eval,
+    intrinsic::RegExpCompiler,
+    intrinsic::RegExp,
+    intrinsic::Json,
+    intrinsic::Proxy,
+    intrinsic::MapSet,
+    intrinsic::TypedArrays,
+    intrinsic::Promise,
+    intrinsic::BigInt,
+);
+
+/// Loading may take this many time budgets.
+const LOAD_BUDGET_FACTOR: u32 = 10;
+/// Longest error, warning or exception text kept, in characters.
+const MAX_MESSAGE_CHARS: usize = 200;
+/// Most warnings / errors kept from one result.
+const MAX_MESSAGES: usize = 64;
+/// Deepest nesting of `data` converted (also stops cycles).
+const MAX_DEPTH: usize = 32;
+/// Most JSON nodes converted from one `data`.
+const MAX_NODES: usize = 100_000;
+/// Most promise jobs run after one call.
+const MAX_JOBS: usize = 1_000;
+/// No deadline armed.
+const DISARMED: u64 = u64::MAX;
+
+/// Shared between the codec and its runtime's interrupt handler.
+struct Watchdog {
+    clock: Clock,
+    /// Deadline in clock nanoseconds, or [`DISARMED`].
+    deadline_ns: AtomicU64,
+    /// Set by the interrupt handler when it aborted a call.
+    fired: AtomicBool,
+}
+
+impl Watchdog {
+    fn now_ns(&self) -> u64 {
+        u64::try_from((self.clock)().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn arm(&self, budget: Duration) {
+        let budget = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX);
+        let deadline = self.now_ns().saturating_add(budget).min(DISARMED - 1);
+        self.fired.store(false, Ordering::SeqCst);
+        self.deadline_ns.store(deadline, Ordering::SeqCst);
+    }
+
+    /// Disarms; returns whether the deadline aborted something since [`Watchdog::arm`].
+    fn disarm(&self) -> bool {
+        self.deadline_ns.store(DISARMED, Ordering::SeqCst);
+        self.fired.swap(false, Ordering::SeqCst)
+    }
+
+    fn expired(&self) -> bool {
+        let deadline = self.deadline_ns.load(Ordering::SeqCst);
+        deadline != DISARMED && self.now_ns() >= deadline
+    }
+
+    /// The interrupt handler: `true` aborts the running script.
+    fn interrupt(&self) -> bool {
+        if self.expired() {
+            self.fired.store(true, Ordering::SeqCst);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a call failed, before it becomes a [`DecodeError::Codec`].
+enum Failure {
+    /// The codec misbehaved; the runtime is still fine.
+    Codec(String),
+    /// A resource limit was hit; the runtime is re-created before the next call.
+    Limit(String),
+}
+
+impl Failure {
+    fn into_message(self) -> String {
+        match self {
+            Failure::Codec(m) | Failure::Limit(m) => m,
+        }
+    }
+}
+
+/// One QuickJS runtime with the codec's script evaluated in its context.
+struct Engine {
+    // Field order = drop order: the context before the runtime it lives in.
+    ctx: Context,
+    rt: Runtime,
+}
+
+/// A TTN-format JavaScript codec running in its own sandboxed QuickJS runtime.
+pub struct JsCodec {
+    profile: String,
+    source: String,
+    limits: JsLimits,
+    watchdog: Arc<Watchdog>,
+    /// `None` after a resource failure (or a failed re-creation): re-created on the next call.
+    engine: Option<Engine>,
+}
+
+impl fmt::Debug for JsCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsCodec")
+            .field("profile", &self.profile)
+            .field("limits", &self.limits)
+            .field("loaded", &self.engine.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JsCodec {
+    /// Compiles `source` and runs its top level once, in a fresh runtime limited by `limits`.
+    /// `profile` is what [`Decoder::profile`] reports (e.g. `js:codecs/em310.js`). `clock` is a
+    /// monotonic clock (the daemon passes one based on `Instant`; tests may pass a fake); it is
+    /// read only by the time limit.
+    ///
+    /// Fails with [`DecodeError::Codec`] on a syntax error, an exception, time-out or memory
+    /// exhaustion in the top level, or when the script defines no function `decodeUplink`.
+    pub fn load(profile: &str, source: &str, limits: JsLimits, clock: Clock) -> Result<JsCodec, DecodeError> {
+        let watchdog = Arc::new(Watchdog { clock, deadline_ns: AtomicU64::new(DISARMED), fired: AtomicBool::new(false) });
+        let engine = start(source, &limits, &watchdog).map_err(|f| DecodeError::Codec(f.into_message()))?;
+        Ok(JsCodec {
+            profile: profile.to_string(),
+            source: source.to_string(),
+            limits,
+            watchdog,
+            engine: Some(engine),
+        })
+    }
+
+    /// The limits this codec runs under.
+    pub fn limits(&self) -> &JsLimits {
+        &self.limits
+    }
+
+    /// Bytes the runtime currently holds (QuickJS `malloc_size`); 0 while no runtime exists
+    /// (after a resource failure, until the next call re-creates it).
+    pub fn memory_usage(&self) -> usize {
+        self.engine.as_ref().map_or(0, |e| usize::try_from(e.rt.memory_usage().malloc_size).unwrap_or(0))
+    }
+
+    /// Like [`Decoder::decode`], and passes `recv_time` (RFC 3339) to the codec as
+    /// `input.recvTime`, a `Date`, as The Things Stack does.
+    pub fn decode_at(&mut self, f_port: u8, payload: &[u8], recv_time: Option<&str>) -> Result<Decoded, DecodeError> {
+        let engine = match self.engine.take() {
+            Some(e) => e,
+            None => start(&self.source, &self.limits, &self.watchdog)
+                .map_err(|f| DecodeError::Codec(format!("codec reload failed: {}", f.into_message())))?,
+        };
+
+        self.watchdog.arm(self.limits.time_budget);
+        let outcome = engine.ctx.with(|ctx| call(&ctx, f_port, payload, recv_time));
+        let jobs_left = drain_jobs(&engine.rt, &self.watchdog);
+        let timed_out = self.watchdog.disarm();
+
+        let outcome = match outcome {
+            _ if timed_out => Err(Failure::Limit(format!("time limit of {} ms exceeded", self.limits.time_budget.as_millis()))),
+            Ok(_) if jobs_left => Err(Failure::Limit("codec left promise jobs running".into())),
+            other => other,
+        };
+        match outcome {
+            Ok(decoded) => {
+                if heap_healthy(&engine.rt, self.limits.memory_bytes) {
+                    self.engine = Some(engine);
+                }
+                Ok(decoded)
+            }
+            Err(Failure::Codec(msg)) => {
+                if heap_healthy(&engine.rt, self.limits.memory_bytes) {
+                    self.engine = Some(engine);
+                }
+                Err(DecodeError::Codec(msg))
+            }
+            // The engine is dropped here: a clean one is started on the next call.
+            Err(Failure::Limit(msg)) => Err(DecodeError::Codec(msg)),
+        }
+    }
+}
+
+impl Decoder for JsCodec {
+    fn profile(&self) -> &str {
+        &self.profile
+    }
+
+    fn decode(&mut self, f_port: u8, payload: &[u8]) -> Result<Decoded, DecodeError> {
+        self.decode_at(f_port, payload, None)
+    }
+}
+
+/// Creates a runtime with the limits and the sandboxed context, and evaluates the script.
+fn start(source: &str, limits: &JsLimits, watchdog: &Arc<Watchdog>) -> Result<Engine, Failure> {
+    let rt = Runtime::new().map_err(|e| Failure::Codec(format!("cannot create JavaScript runtime: {e}")))?;
+    rt.set_memory_limit(limits.memory_bytes);
+    rt.set_max_stack_size(limits.stack_bytes);
+    let wd = Arc::clone(watchdog);
+    rt.set_interrupt_handler(Some(Box::new(move || wd.interrupt())));
+    let ctx = Context::custom::<Intrinsics>(&rt)
+        .map_err(|e| Failure::Codec(format!("cannot create JavaScript context: {e}")))?;
+
+    watchdog.arm(limits.time_budget.saturating_mul(LOAD_BUDGET_FACTOR));
+    let outcome = ctx.with(|ctx| {
+        let mut opts = EvalOptions::default();
+        opts.global = true;
+        opts.strict = false;
+        ctx.eval_with_options::<(), _>(source, opts).map_err(|e| failure(&ctx, e))?;
+        let f: Value = ctx.globals().get("decodeUplink").map_err(|e| failure(&ctx, e))?;
+        if f.is_function() {
+            Ok(())
+        } else {
+            Err(Failure::Codec("codec defines no function decodeUplink".into()))
+        }
+    });
+    let jobs_left = drain_jobs(&rt, watchdog);
+    if watchdog.disarm() {
+        let ms = limits.time_budget.saturating_mul(LOAD_BUDGET_FACTOR).as_millis();
+        return Err(Failure::Limit(format!("time limit of {ms} ms exceeded while loading")));
+    }
+    outcome?;
+    if jobs_left {
+        return Err(Failure::Limit("codec left promise jobs running while loading".into()));
+    }
+    Ok(Engine { ctx, rt })
+}
+
+/// Runs queued promise jobs (e.g. from an `import()`) under the armed deadline; `true` if some
+/// are still pending afterwards.
+fn drain_jobs(rt: &Runtime, watchdog: &Watchdog) -> bool {
+    let mut n = 0;
+    while rt.is_job_pending() {
+        if n >= MAX_JOBS || watchdog.expired() {
+            return true;
+        }
+        // A job's exception (e.g. a rejected import) is the codec's business.
+        let _ = rt.execute_pending_job();
+        n += 1;
+    }
+    false
+}
+
+/// After a call: `false` if the heap stays above half the limit even after a GC (a codec that
+/// hoards memory in globals), so the runtime is re-created before it starves.
+fn heap_healthy(rt: &Runtime, limit: usize) -> bool {
+    let used = |rt: &Runtime| usize::try_from(rt.memory_usage().malloc_size).unwrap_or(usize::MAX);
+    if limit == 0 || used(rt) <= limit / 2 {
+        return true;
+    }
+    rt.run_gc();
+    used(rt) <= limit / 2
+}
+
+/// One `decodeUplink` call and the conversion of its result.
+fn call<'js>(ctx: &Ctx<'js>, f_port: u8, payload: &[u8], recv_time: Option<&str>) -> Result<Decoded, Failure> {
+    let js = |e: rquickjs::Error| failure(ctx, e);
+    let f: Value = ctx.globals().get("decodeUplink").map_err(js)?;
+    let Some(f) = f.as_function() else {
+        return Err(Failure::Codec("codec defines no function decodeUplink".into()));
+    };
+
+    let input = Object::new(ctx.clone()).map_err(js)?;
+    let bytes = Array::new(ctx.clone()).map_err(js)?;
+    for (i, b) in payload.iter().enumerate() {
+        bytes.set(i, i32::from(*b)).map_err(js)?;
+    }
+    input.set("bytes", bytes).map_err(js)?;
+    input.set("fPort", i32::from(f_port)).map_err(js)?;
+    if let Some(t) = recv_time {
+        let date: Constructor = ctx.globals().get("Date").map_err(js)?;
+        let date: Value = date.construct((t,)).map_err(js)?;
+        input.set("recvTime", date).map_err(js)?;
+    }
+
+    let result: Value = f.call((input,)).map_err(js)?;
+    if result.is_promise() {
+        return Err(Failure::Codec("decodeUplink returned a Promise; async codecs are not supported".into()));
+    }
+    let Some(result) = result.as_object().filter(|_| result.type_of() == Type::Object) else {
+        return Err(Failure::Codec(format!("decodeUplink returned {}, expected an object", type_name(&result))));
+    };
+
+    let mut decoded = Decoded::new();
+    let mut conv = Converter { ctx, nodes: 0, warnings: Vec::new() };
+    let data: Value = result.get("data").map_err(js)?;
+    match data.type_of() {
+        Type::Undefined | Type::Null | Type::Uninitialized => {}
+        Type::Object => {
+            let data = data.as_object().ok_or_else(|| Failure::Codec("data is not an object".into()))?;
+            decoded.metrics = conv.object(data, "data", 0)?;
+        }
+        _ => return Err(Failure::Codec(format!("data is {}, expected an object", type_name(&data)))),
+    }
+    decoded.errors = messages(ctx, &result, "errors")?;
+    decoded.warnings = messages(ctx, &result, "warnings")?;
+    decoded.warnings.extend(conv.warnings);
+    decoded.warnings.truncate(MAX_MESSAGES);
+    Ok(decoded)
+}
+
+/// `warnings` / `errors` of a result: an array (elements as strings) or one string.
+fn messages<'js>(ctx: &Ctx<'js>, result: &Object<'js>, key: &str) -> Result<Vec<String>, Failure> {
+    let v: Value = result.get(key).map_err(|e| failure(ctx, e))?;
+    if v.is_undefined() || v.is_null() {
+        return Ok(Vec::new());
+    }
+    let items: Vec<Value> = match v.as_array() {
+        Some(a) => (0..a.len().min(MAX_MESSAGES)).map(|i| a.get(i)).collect::<Result<_, _>>().map_err(|e| failure(ctx, e))?,
+        None => vec![v],
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let text = match item.as_string() {
+            Some(s) => s.to_string().map_err(|e| failure(ctx, e))?,
+            None => {
+                let mut conv = Converter { ctx, nodes: 0, warnings: Vec::new() };
+                match conv.value(item, key, 0)? {
+                    Some(j) => j.to_string(),
+                    None => continue,
+                }
+            }
+        };
+        out.push(truncate(&text));
+    }
+    Ok(out)
+}
+
+/// Converts JavaScript values to JSON like `JSON.stringify`, with limits.
+struct Converter<'a, 'js> {
+    ctx: &'a Ctx<'js>,
+    nodes: usize,
+    warnings: Vec<String>,
+}
+
+impl<'js> Converter<'_, 'js> {
+    fn object(&mut self, obj: &Object<'js>, path: &str, depth: usize) -> Result<Metrics, Failure> {
+        let mut map = Metrics::new();
+        let props: Vec<(String, Value)> =
+            obj.props::<String, Value>().collect::<Result<_, _>>().map_err(|e| failure(self.ctx, e))?;
+        for (k, v) in props {
+            let p = format!("{path}.{k}");
+            if let Some(j) = self.value(v, &p, depth + 1)? {
+                map.insert(k, j);
+            }
+        }
+        Ok(map)
+    }
+
+    /// `None` = skipped (undefined, function, symbol, non-finite number).
+    fn value(&mut self, v: Value<'js>, path: &str, depth: usize) -> Result<Option<Json>, Failure> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(Failure::Codec(format!("data has more than {MAX_NODES} values")));
+        }
+        if depth > MAX_DEPTH {
+            return Err(Failure::Codec(format!("data is nested deeper than {MAX_DEPTH} levels (a cycle?)")));
+        }
+        let js = |e: rquickjs::Error| failure(self.ctx, e);
+        // `toJSON` first, as JSON.stringify does (Date → ISO string).
+        let v = match v.as_object() {
+            Some(o) if !v.is_function() => match o.get::<_, Value>("toJSON").map_err(js)?.as_function() {
+                Some(to_json) => to_json.call((rquickjs::function::This(v.clone()), path)).map_err(js)?,
+                None => v,
+            },
+            _ => v,
+        };
+        Ok(match v.type_of() {
+            Type::Undefined | Type::Uninitialized | Type::Function | Type::Constructor | Type::Symbol => None,
+            Type::Null => Some(Json::Null),
+            Type::Bool => v.as_bool().map(Json::Bool),
+            Type::Int => v.as_int().map(Json::from),
+            Type::Float => match v.as_float() {
+                Some(f) if f.is_finite() => Some(number(f)),
+                _ => {
+                    self.warnings.push(truncate(&format!("{path}: non-finite number dropped")));
+                    None
+                }
+            },
+            Type::String => Some(Json::String(v.as_string().map(|s| s.to_string()).transpose().map_err(js)?.unwrap_or_default())),
+            Type::BigInt => {
+                let s: rquickjs::Coerced<String> = v.get().map_err(js)?;
+                Some(s.0.parse::<i64>().map(Json::from).unwrap_or(Json::String(s.0)))
+            }
+            Type::Array => {
+                let a = v.as_array().ok_or_else(|| Failure::Codec(format!("{path} is not an array")))?;
+                let mut out = Vec::new();
+                for i in 0..a.len() {
+                    let item: Value = a.get(i).map_err(js)?;
+                    out.push(self.value(item, &format!("{path}[{i}]"), depth + 1)?.unwrap_or(Json::Null));
+                }
+                Some(Json::Array(out))
+            }
+            Type::Object | Type::Exception => {
+                let o = v.as_object().ok_or_else(|| Failure::Codec(format!("{path} is not an object")))?;
+                Some(Json::Object(self.object(o, path, depth)?))
+            }
+            Type::Promise | Type::Module | Type::Unknown => {
+                return Err(Failure::Codec(format!("{path} is {}, not JSON", type_name(&v))))
+            }
+        })
+    }
+}
+
+/// A finite JavaScript number as JSON: integral values (within ±2^53) as integers.
+fn number(f: f64) -> Json {
+    const MAX_SAFE: f64 = 9_007_199_254_740_991.0;
+    if f.fract() == 0.0 && f.abs() <= MAX_SAFE {
+        // Exact: integral and within the safe range.
+        Json::from(f as i64)
+    } else {
+        serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number)
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v.type_of() {
+        Type::Undefined | Type::Uninitialized => "undefined",
+        Type::Null => "null",
+        Type::Bool => "a boolean",
+        Type::Int | Type::Float => "a number",
+        Type::String => "a string",
+        Type::Symbol => "a symbol",
+        Type::Array => "an array",
+        Type::Function | Type::Constructor => "a function",
+        Type::Promise => "a Promise",
+        Type::BigInt => "a BigInt",
+        Type::Object | Type::Exception => "an object",
+        Type::Module | Type::Unknown => "an unknown value",
+    }
+}
+
+/// Turns an rquickjs error (usually a pending JavaScript exception) into a [`Failure`].
+fn failure(ctx: &Ctx<'_>, e: rquickjs::Error) -> Failure {
+    if !e.is_exception() {
+        return match e {
+            rquickjs::Error::Allocation => Failure::Limit("memory limit exceeded".into()),
+            other => Failure::Codec(truncate(&other.to_string())),
+        };
+    }
+    let exc = ctx.catch();
+    let Some(obj) = exc.as_object() else {
+        // QuickJS throws `null` when it cannot even allocate the error object.
+        if exc.is_null() || exc.is_undefined() {
+            return Failure::Limit("memory limit exceeded".into());
+        }
+        let text = exc.get::<rquickjs::Coerced<String>>().map(|s| s.0).unwrap_or_else(|_| type_name(&exc).into());
+        return Failure::Codec(truncate(&format!("uncaught exception: {text}")));
+    };
+    let name = obj.get::<_, Option<rquickjs::Coerced<String>>>("name").ok().flatten().map(|s| s.0);
+    let message = obj.get::<_, Option<rquickjs::Coerced<String>>>("message").ok().flatten().map(|s| s.0);
+    let name = name.unwrap_or_else(|| "Error".into());
+    let message = message.unwrap_or_default();
+    match (name.as_str(), message.as_str()) {
+        ("InternalError", "out of memory") => Failure::Limit("memory limit exceeded".into()),
+        ("InternalError", "interrupted") => Failure::Limit("time limit exceeded".into()),
+        ("RangeError", "Maximum call stack size exceeded") => Failure::Limit("stack limit exceeded".into()),
+        ("InternalError", m) if m.starts_with("stack overflow") => Failure::Limit("stack limit exceeded".into()),
+        _ => Failure::Codec(truncate(&format!("{name}: {message}"))),
+    }
+}
+
+/// At most [`MAX_MESSAGE_CHARS`] characters, on one line.
+fn truncate(s: &str) -> String {
+    let mut out: String =
+        s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_MESSAGE_CHARS).collect();
+    if s.chars().count() > MAX_MESSAGE_CHARS {
+        out.push('…');
+    }
+    out
+}
+
