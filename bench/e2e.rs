@@ -5,6 +5,7 @@
 //! - for increasing offered rates: frames acknowledged, readings that reached the broker, loss, and
 //!   the sustained rate through decode + journal + publish (first frame sent → last reading received);
 //! - PUSH_ACK latency (datagram in → frames on disk) p50/p99, as `simulate` measured it.
+//!
 //! Figures are printed as a Markdown table; no pass/fail on timing.
 
 use std::collections::HashSet;

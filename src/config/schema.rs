@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub device: Vec<DeviceConfig>,
     #[serde(default)]
+    pub lorawan: LorawanConfig,
+    #[serde(default)]
     pub lighting: LightingConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demand_response: Option<DemandResponseConfig>,
@@ -143,6 +145,87 @@ fn yes() -> bool {
 impl Default for PublishConfig {
     fn default() -> Self {
         PublishConfig { readings: true, aggregates: true }
+    }
+}
+
+/// The gateway as join server and network server for its devices (LoRaWAN 1.0.x, EU868).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LorawanConfig {
+    /// NetID, 6 hex digits. 000000 is for private/experimental networks.
+    #[serde(default = "default_net_id")]
+    pub net_id: String,
+    /// First and last DevAddr handed out to OTAA devices (default: the NetID's type-0 range).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::dev_addr_opt")]
+    pub dev_addr_first: Option<DevAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::dev_addr_opt")]
+    pub dev_addr_last: Option<DevAddr>,
+    #[serde(default)]
+    pub rx1_dr_offset: u8,
+    #[serde(default)]
+    pub rx2_dr: u8,
+    #[serde(default = "default_rx2_freq_hz")]
+    pub rx2_freq_hz: u64,
+    #[serde(default = "default_rx1_delay_s")]
+    pub rx1_delay_s: u8,
+    /// Transmissions of a confirmed downlink before it is reported failed.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u8,
+    /// Downlinks waiting per device, at most.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: usize,
+    /// Class C: how long to wait for the ACK of a confirmed downlink before retrying.
+    #[serde(default = "default_class_c_ack_timeout_s")]
+    pub class_c_ack_timeout_s: u64,
+    /// How often to ask a device for its battery and link margin (DevStatusReq); 0 = never.
+    #[serde(default = "default_dev_status_interval_s")]
+    pub dev_status_interval_s: u64,
+    /// Minimum lead time before a class A receive window (network + forwarder latency).
+    #[serde(default = "default_min_lead_ms")]
+    pub min_lead_ms: u64,
+}
+
+fn default_net_id() -> String {
+    "000000".to_string()
+}
+fn default_rx2_freq_hz() -> u64 {
+    869_525_000
+}
+fn default_rx1_delay_s() -> u8 {
+    1
+}
+fn default_max_attempts() -> u8 {
+    3
+}
+fn default_max_queued() -> usize {
+    16
+}
+fn default_class_c_ack_timeout_s() -> u64 {
+    60
+}
+fn default_dev_status_interval_s() -> u64 {
+    86_400
+}
+fn default_min_lead_ms() -> u64 {
+    100
+}
+
+impl Default for LorawanConfig {
+    fn default() -> Self {
+        LorawanConfig {
+            net_id: default_net_id(),
+            dev_addr_first: None,
+            dev_addr_last: None,
+            rx1_dr_offset: 0,
+            rx2_dr: 0,
+            rx2_freq_hz: default_rx2_freq_hz(),
+            rx1_delay_s: default_rx1_delay_s(),
+            max_attempts: default_max_attempts(),
+            max_queued: default_max_queued(),
+            class_c_ack_timeout_s: default_class_c_ack_timeout_s(),
+            dev_status_interval_s: default_dev_status_interval_s(),
+            min_lead_ms: default_min_lead_ms(),
+        }
     }
 }
 

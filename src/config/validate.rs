@@ -25,6 +25,7 @@ const ROOT_KEYS: &[&str] = &[
     "device",
     "lighting",
     "demand_response",
+    "lorawan",
 ];
 const ABP_KEYS: [&str; 3] = ["dev_addr", "nwk_s_key", "app_s_key"];
 const OTAA_KEYS: [&str; 3] = ["dev_eui", "join_eui", "app_key"];
@@ -58,6 +59,7 @@ struct Parts {
     demand_response: Option<DemandResponseConfig>,
     loads: Vec<(usize, LoadConfig)>,
     devices_file: Option<PathBuf>,
+    lorawan: Option<LorawanConfig>,
 }
 
 pub(crate) fn parse_and_validate(text: &str, label: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
@@ -115,6 +117,7 @@ pub(crate) fn parse_and_validate(text: &str, label: &str, base_dir: &Path) -> Re
         ops,
         source: parts.sources.into_iter().map(|(_, s)| s).collect(),
         device: parts.devices.into_iter().map(|d| d.dev).collect(),
+        lorawan: parts.lorawan.unwrap_or_default(),
         lighting: LightingConfig { zone: parts.zones.into_iter().map(|z| z.zone).collect() },
         demand_response,
         base_dir: base_dir.to_path_buf(),
@@ -134,6 +137,7 @@ fn read_root(doc: &Doc<'_>, parts: &mut Parts, sink: &mut Sink) {
             "publish" => parts.publish = de_collect(doc, v, &path, sink),
             "aggregate" => parts.aggregate = de_collect(doc, v, &path, sink),
             "buffer" => parts.buffer = de_collect(doc, v, &path, sink),
+            "lorawan" => parts.lorawan = de_collect(doc, v, &path, sink),
             "ops" => {
                 let (rest, keys) = split_off(v, "key");
                 parts.ops = de_collect(doc, &rest, &path, sink);
@@ -349,6 +353,9 @@ fn check(docs: &[&Doc<'_>], base_dir: &Path, parts: &mut Parts, sink: &mut Sink)
         } else if 86_400 % a.window_s != 0 {
             main.problem(sink, p, "must divide 86400 (one day), so that windows align with midnight UTC");
         }
+    }
+    if let Some(l) = &parts.lorawan {
+        check_lorawan(main, l, sink);
     }
     if let Some(b) = &parts.buffer {
         let p = root.key("buffer");
@@ -751,5 +758,41 @@ fn check_demand_response(
         if !(l.rated_kw.is_finite() && l.rated_kw > 0.0) {
             doc.problem(sink, lp.key("rated_kw"), "must be a positive number of kW");
         }
+    }
+}
+
+fn check_lorawan(doc: &Doc<'_>, l: &LorawanConfig, sink: &mut Sink) {
+    let p = KeyPath::root().key("lorawan");
+    if l.net_id.len() != 6 || !l.net_id.chars().all(|c| c.is_ascii_hexdigit()) {
+        doc.problem(sink, p.key("net_id"), format!("expected 6 hex digits, got {}", l.net_id.chars().count()));
+    }
+    match (l.dev_addr_first, l.dev_addr_last) {
+        (Some(a), Some(b)) if a > b => {
+            doc.problem(sink, p.key("dev_addr_last"), "must not be below dev_addr_first");
+        }
+        (Some(_), None) => doc.problem(sink, p.key("dev_addr_first"), "set dev_addr_last too (or neither)"),
+        (None, Some(_)) => doc.problem(sink, p.key("dev_addr_last"), "set dev_addr_first too (or neither)"),
+        _ => {}
+    }
+    if l.rx1_dr_offset > 5 {
+        doc.problem(sink, p.key("rx1_dr_offset"), "must be 0..=5 (EU868)");
+    }
+    if l.rx2_dr > 7 {
+        doc.problem(sink, p.key("rx2_dr"), "must be 0..=7 (EU868)");
+    }
+    if !(863_000_000..=870_000_000).contains(&l.rx2_freq_hz) {
+        doc.problem(sink, p.key("rx2_freq_hz"), "must be within the EU868 band (863-870 MHz)");
+    }
+    if !(1..=15).contains(&l.rx1_delay_s) {
+        doc.problem(sink, p.key("rx1_delay_s"), "must be 1..=15 seconds");
+    }
+    if !(1..=15).contains(&l.max_attempts) {
+        doc.problem(sink, p.key("max_attempts"), "must be 1..=15");
+    }
+    if !(1..=1000).contains(&l.max_queued) {
+        doc.problem(sink, p.key("max_queued"), "must be 1..=1000");
+    }
+    if l.min_lead_ms > 900 {
+        doc.problem(sink, p.key("min_lead_ms"), "must be at most 900 ms (RX1 opens 1 s after the uplink)");
     }
 }

@@ -45,7 +45,8 @@ use std::time::Duration;
 
 use rquickjs::context::intrinsic;
 use rquickjs::context::EvalOptions;
-use rquickjs::{Array, Constructor, Context, Ctx, Function, Object, Runtime, Type, Value};
+use rquickjs::function::Constructor;
+use rquickjs::{Array, Context, Ctx, Object, Runtime, Type, Value};
 use serde_json::Value as Json;
 
 use crate::decode::{DecodeError, Decoded, Decoder, Metrics};
@@ -545,3 +546,328 @@ fn truncate(s: &str) -> String {
     out
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Instant;
+
+    const EM310: &str = include_str!("../../tests/data/codecs/milesight-em310-udl.js");
+
+    /// A fake clock that advances 1 ms every time it is read.
+    fn ticking_clock() -> Clock {
+        let t = Arc::new(AtomicU64::new(0));
+        Arc::new(move || Duration::from_millis(t.fetch_add(1, Ordering::SeqCst)))
+    }
+
+    fn real_clock() -> Clock {
+        let origin = Instant::now();
+        Arc::new(move || origin.elapsed())
+    }
+
+    fn load(source: &str) -> Result<JsCodec, DecodeError> {
+        JsCodec::load("js:test.js", source, JsLimits::default(), ticking_clock())
+    }
+
+    fn good() -> JsCodec {
+        load(EM310).unwrap()
+    }
+
+    fn payload() -> Vec<u8> {
+        hex::decode("01755c03824408040001").unwrap()
+    }
+
+    fn assert_good_works(codec: &mut JsCodec) {
+        let d = codec.decode(85, &payload()).unwrap();
+        assert_eq!(d.metrics.get("distance_mm"), Some(&Json::from(2116)));
+    }
+
+    fn codec_err(r: Result<Decoded, DecodeError>) -> String {
+        match r {
+            Err(DecodeError::Codec(m)) => m,
+            other => panic!("expected a codec error, got {other:?}"),
+        }
+    }
+
+    fn load_err(r: Result<JsCodec, DecodeError>) -> String {
+        match r {
+            Err(DecodeError::Codec(m)) => m,
+            other => panic!("expected a codec error, got {other:?}"),
+        }
+    }
+
+    /// A codec that misbehaves on FPort 1 with `bad` and decodes `{ok: 1}` on other ports.
+    fn hostile(bad: &str) -> JsCodec {
+        load(&format!("function decodeUplink(input) {{ if (input.fPort === 1) {{ {bad} }} return {{ data: {{ ok: 1 }} }}; }}"))
+            .unwrap()
+    }
+
+    /// The hostile call fails with a codec error; the same codec and a good one still work.
+    fn contained(bad: &str) -> String {
+        let mut codec = hostile(bad);
+        let mut other = good();
+        let msg = codec_err(codec.decode(1, &payload()));
+        assert!(msg.len() < 250, "{msg}");
+        assert!(!msg.contains("5c") && !msg.contains("92,"), "{msg}");
+        let ok = codec.decode(2, &payload()).unwrap();
+        assert_eq!(ok.metrics.get("ok"), Some(&Json::from(1)), "{bad}");
+        assert_good_works(&mut other);
+        // And once more, to make sure the recovered runtime keeps working.
+        assert!(codec.decode(1, &payload()).is_err());
+        assert!(codec.decode(2, &payload()).is_ok());
+        msg
+    }
+
+    #[test]
+    fn em310_matches_native_decoder() {
+        let mut js = good();
+        let mut native = crate::decode::native("milesight-em310-udl").unwrap();
+        let bytes = payload();
+        let j = js.decode(85, &bytes).unwrap();
+        let n = native.decode(85, &bytes).unwrap();
+        assert_eq!(j.metrics, n.metrics);
+        assert_eq!(j, n);
+        assert_eq!(j.metrics.get("battery_pct"), Some(&Json::from(92)));
+        assert_eq!(j.metrics.get("position"), Some(&Json::from("tilt")));
+        assert_eq!(js.profile(), "js:test.js");
+        // Codec-reported problems are kept, not turned into Err.
+        let d = js.decode(85, &[0x01, 0x75, 0x5c, 0x09, 0x09]).unwrap();
+        assert_eq!(d.metrics.get("battery_pct"), Some(&Json::from(92)));
+        assert_eq!(d.errors, vec!["unknown channel 0x09 type 0x09".to_string()]);
+        assert_eq!(js.decode(10, &bytes).unwrap().errors, vec!["unsupported FPort 10".to_string()]);
+    }
+
+    #[test]
+    fn warnings_and_errors_are_kept() {
+        let mut c = load(
+            r#"function decodeUplink(input) {
+                return { data: { a: 1.5, nested: { b: [1, "x", null, true] }, skip: undefined, f: function () {} },
+                         warnings: ["low battery", 42], errors: ["bad crc"] };
+            }"#,
+        )
+        .unwrap();
+        let d = c.decode(1, &[1, 2]).unwrap();
+        assert_eq!(d.warnings, vec!["low battery".to_string(), "42".to_string()]);
+        assert_eq!(d.errors, vec!["bad crc".to_string()]);
+        assert_eq!(Json::Object(d.metrics), serde_json::json!({"a": 1.5, "nested": {"b": [1, "x", null, true]}}));
+
+        // A single string is accepted; errors without data are Ok with empty metrics.
+        let mut c = load(r#"function decodeUplink(input) { return { errors: "only one" }; }"#).unwrap();
+        let d = c.decode(1, &[]).unwrap();
+        assert!(d.metrics.is_empty());
+        assert_eq!(d.errors, vec!["only one".to_string()]);
+    }
+
+    #[test]
+    fn numbers_dates_and_input() {
+        let mut c = load(
+            r#"function decodeUplink(input) {
+                return { data: { n: input.bytes.length, port: input.fPort, first: input.bytes[0],
+                                 whole: 4.0 / 2, half: 1 / 2, nan: NaN, inf: [1, Infinity],
+                                 big: 12n, when: new Date(0),
+                                 recv: input.recvTime ? input.recvTime.toISOString() : null } };
+            }"#,
+        )
+        .unwrap();
+        let d = c.decode_at(7, &[255, 0, 1], Some("2024-05-01T12:00:00Z")).unwrap();
+        assert_eq!(
+            Json::Object(d.metrics),
+            serde_json::json!({"n": 3, "port": 7, "first": 255, "whole": 2, "half": 0.5, "inf": [1, null],
+                               "big": 12, "when": "1970-01-01T00:00:00.000Z", "recv": "2024-05-01T12:00:00.000Z"})
+        );
+        assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
+        assert!(d.warnings.iter().any(|w| w.contains("data.nan")));
+        assert!(d.warnings.iter().any(|w| w.contains("data.inf[1]")));
+        let d = c.decode(7, &[]).unwrap();
+        assert_eq!(d.metrics.get("recv"), Some(&Json::Null));
+    }
+
+    #[test]
+    fn endless_loop_hits_time_limit() {
+        let msg = contained("while (true) {}");
+        assert!(msg.contains("time limit"), "{msg}");
+        // Not even try/catch keeps it alive.
+        let msg = contained("try { while (true) {} } catch (e) {} for (;;) {}");
+        assert!(msg.contains("time limit"), "{msg}");
+    }
+
+    #[test]
+    fn endless_loop_with_real_clock() {
+        let limits = JsLimits { time_budget: Duration::from_millis(50), ..JsLimits::default() };
+        let src = "function decodeUplink(input) { if (input.fPort === 1) { while (true) {} } return { data: { ok: 1 } }; }";
+        let mut c = JsCodec::load("js:loop.js", src, limits, real_clock()).unwrap();
+        let t = Instant::now();
+        let msg = codec_err(c.decode(1, &[]));
+        assert!(msg.contains("time limit of 50 ms"), "{msg}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(c.decode(2, &[]).is_ok());
+    }
+
+    #[test]
+    fn memory_exhaustion_is_contained() {
+        let msg = contained("var a = new Array(1e9).fill(1); return { data: { n: a.length } };");
+        assert!(msg.contains("limit"), "{msg}");
+        let msg = contained("var s = 'x'; while (true) { s = s + s; }");
+        assert!(msg.contains("memory limit"), "{msg}");
+        let msg = contained("var a = []; while (true) { a.push({ x: a.length }); }");
+        assert!(msg.contains("memory limit"), "{msg}");
+        // Catching the out-of-memory error and allocating on does not escape either.
+        contained("var a = []; for (;;) { try { for (;;) a.push('xxxxxxxxxxxxxxxx' + a.length); } catch (e) {} }");
+    }
+
+    #[test]
+    fn deep_recursion_hits_stack_limit() {
+        let msg = contained("function f(n) { return f(n + 1) + 1; } f(0);");
+        assert!(msg.contains("stack"), "{msg}");
+        let msg = contained("var o = {}; var p = o; for (var i = 0; i < 1e6; i++) { p.x = {}; p = p.x; } JSON.stringify(o);");
+        assert!(msg.contains("limit"), "{msg}");
+    }
+
+    #[test]
+    fn no_modules_files_or_processes() {
+        let msg = contained("var fs = require('fs'); fs.readFileSync('/etc/passwd');");
+        assert!(msg.contains("ReferenceError"), "{msg}");
+        let msg = contained("return import('fs');");
+        assert!(msg.contains("Promise"), "{msg}");
+        // A dynamic import left behind rejects without a loader and does not disturb the call.
+        let mut c = hostile("var p = import('fs'); p.then(function (m) { m.writeFileSync('/tmp/x', 'y'); });");
+        assert!(c.decode(1, &[]).is_ok());
+        let mut c = hostile("var r = 'pending'; import('fs').then(function () { r = 'loaded'; }, function (e) { r = String(e); }); globalThis.r = r;");
+        assert!(c.decode(1, &[]).is_ok());
+        let mut probe = load("function decodeUplink() { return { data: { r: String(globalThis.r) } }; }").unwrap();
+        assert!(probe.decode(1, &[]).is_ok());
+
+        // A static import is a syntax error in a script.
+        let msg = load_err(load("import * as std from 'std'; function decodeUplink() { return {}; }"));
+        assert!(msg.contains("SyntaxError"), "{msg}");
+
+        let mut c = load(
+            r#"function decodeUplink() {
+                var names = ["require", "std", "os", "process", "fetch", "XMLHttpRequest", "performance",
+                             "console", "print", "setTimeout", "WebAssembly", "Deno", "Bun", "WeakRef"];
+                var present = names.filter(function (n) { return typeof globalThis[n] !== "undefined"; });
+                return { data: { present: present } };
+            }"#,
+        )
+        .unwrap();
+        let d = c.decode(1, &[]).unwrap();
+        assert_eq!(d.metrics.get("present"), Some(&serde_json::json!([])));
+    }
+
+    #[test]
+    fn exceptions_and_garbage_are_codec_errors() {
+        let msg = contained("throw new TypeError('bad thing');");
+        assert_eq!(msg, "TypeError: bad thing");
+        let msg = contained("throw 'plain';");
+        assert!(msg.contains("plain"), "{msg}");
+        contained("throw null;");
+        contained("throw { toString: function () { while (true) {} } };");
+        contained("input.bytes.nope.nope = 1;");
+        for garbage in ["42", "'text'", "[1, 2]", "null", "undefined", "function () {}", "Promise.resolve({})"] {
+            let msg = contained(&format!("return {garbage};"));
+            assert!(msg.contains("decodeUplink returned"), "{garbage}: {msg}");
+        }
+        let msg = contained("return { data: 5 };");
+        assert!(msg.contains("data is a number"), "{msg}");
+        let msg = contained("var o = {}; o.self = o; return { data: o };");
+        assert!(msg.contains("nested"), "{msg}");
+        contained("return { data: { get x() { throw new Error('getter'); } } };");
+        contained("return { data: { get x() { while (true) {} } } };");
+        contained("return { data: new Proxy({}, { ownKeys: function () { throw 1; } }) };");
+        contained("var m = 'x'.repeat(10000); throw new Error(m);");
+    }
+
+    #[test]
+    fn load_failures() {
+        let msg = load_err(load("function decodeUplink(input) { return {"));
+        assert!(msg.contains("SyntaxError"), "{msg}");
+        let msg = load_err(load("function decodeDownlink(input) { return {}; }"));
+        assert!(msg.contains("decodeUplink"), "{msg}");
+        let msg = load_err(load("var decodeUplink = 5;"));
+        assert!(msg.contains("decodeUplink"), "{msg}");
+        let msg = load_err(load("throw new Error('top');"));
+        assert!(msg.contains("top"), "{msg}");
+        let msg = load_err(load("while (true) {} function decodeUplink() { return {}; }"));
+        assert!(msg.contains("time limit"), "{msg}");
+        let msg = load_err(load("var s = 'x'; for (;;) s += s; function decodeUplink() { return {}; }"));
+        assert!(msg.contains("memory limit"), "{msg}");
+        // Replacing decodeUplink at run time is an error at the call.
+        let mut c = load("function decodeUplink() { decodeUplink = 1; return { data: {} }; }").unwrap();
+        assert!(c.decode(1, &[]).is_ok());
+        let msg = codec_err(c.decode(1, &[]));
+        assert!(msg.contains("no function decodeUplink"), "{msg}");
+        // A good codec loads after all of that.
+        assert_good_works(&mut good());
+    }
+
+    #[test]
+    fn thousand_decodes_reuse_the_runtime() {
+        let mut c = good();
+        let bytes = payload();
+        for _ in 0..10 {
+            c.decode(85, &bytes).unwrap();
+        }
+        let before = c.memory_usage();
+        assert!(before > 0 && before < 1024 * 1024, "{before}");
+        for i in 0..1_000u32 {
+            let d = c.decode(85, &bytes).unwrap();
+            assert_eq!(d.metrics.len(), 3, "call {i}");
+        }
+        let after = c.memory_usage();
+        assert!(after < before + 64 * 1024, "memory grew from {before} to {after}");
+        // The runtime was reused: a global counter survives between calls.
+        let mut c = load("var n = 0; function decodeUplink() { n++; return { data: { n: n } }; }").unwrap();
+        for _ in 0..999 {
+            c.decode(1, &[]).unwrap();
+        }
+        assert_eq!(c.decode(1, &[]).unwrap().metrics.get("n"), Some(&Json::from(1000)));
+    }
+
+    #[test]
+    fn hoarding_codec_is_restarted_before_it_starves() {
+        // Keeps ~1 MiB per call in a global; with 16 MiB it would run out after ~15 calls.
+        let mut c = load(
+            "var keep = []; function decodeUplink() { keep.push(new Uint8Array(1 << 20)); return { data: { n: keep.length } }; }",
+        )
+        .unwrap();
+        let mut max_n = 0;
+        for _ in 0..50 {
+            let d = c.decode(1, &[]).unwrap();
+            max_n = max_n.max(d.metrics.get("n").and_then(Json::as_i64).unwrap());
+            assert!(c.memory_usage() <= JsLimits::default().memory_bytes);
+        }
+        assert!(max_n < 16, "{max_n}");
+    }
+
+    #[test]
+    fn codec_is_send_and_works_on_another_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<JsCodec>();
+        let mut c: Box<dyn Decoder> = Box::new(good());
+        c.decode(85, &payload()).unwrap();
+        let mut c = std::thread::spawn(move || {
+            assert_good_works_dyn(&mut *c);
+            c
+        })
+        .join()
+        .unwrap();
+        assert_good_works_dyn(&mut *c);
+        // Deep recursion is still caught on a thread with a different stack.
+        let mut h = hostile("function f(n) { return f(n + 1) + 1; } f(0);");
+        let h = std::thread::spawn(move || {
+            assert!(h.decode(1, &[]).is_err());
+            h
+        })
+        .join()
+        .unwrap();
+        let mut h = h;
+        assert!(h.decode(1, &[]).is_err());
+        assert!(h.decode(2, &[]).is_ok());
+    }
+
+    fn assert_good_works_dyn(codec: &mut dyn Decoder) {
+        let d = codec.decode(85, &payload()).unwrap();
+        assert_eq!(d.metrics.get("distance_mm"), Some(&Json::from(2116)));
+    }
+}
