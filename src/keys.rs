@@ -58,7 +58,7 @@ impl fmt::Debug for DevAddr {
 }
 
 /// A 64-bit EUI (DevEUI, JoinEUI, gateway EUI), MSB first as displayed.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Eui64(pub u64);
 
 impl Eui64 {

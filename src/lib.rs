@@ -3,13 +3,16 @@
 //! Pure core (no tokio, sled, rppal, sockets or clock): `keys`, `lorawan`, `reading`, `ingest`,
 //! `config`. The shell: `io` (sources and the MQTT uplink), `store` (sled), `ops`, `runtime`, `sim`.
 
+pub mod aggregate;
 pub mod config;
 pub mod decode;
+pub mod events;
 pub mod ingest;
 pub mod io;
 pub mod keys;
 pub mod lorawan;
 pub mod meter;
+pub mod netserver;
 pub mod ops;
 pub mod reading;
 pub mod runtime;

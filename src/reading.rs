@@ -39,6 +39,11 @@ pub struct Reading {
     /// Set when the payload could not be decoded; the raw payload is still in `lorawan.payload_hex`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `warnings` and `errors` a decoder (e.g. a TTN JavaScript codec) reported alongside its metrics.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 impl Reading {
@@ -93,6 +98,8 @@ mod tests {
             metrics: Map::new(),
             lorawan: None,
             error: None,
+            warnings: vec![],
+            errors: vec![],
         };
         let v: Value = serde_json::from_slice(&mark_replayed(&r.to_json())).unwrap();
         assert_eq!(v["replayed"], Value::Bool(true));

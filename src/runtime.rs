@@ -5,7 +5,6 @@
 //! The pipeline does group commit: it takes every request waiting in its queue, journals them in one
 //! batch and one flush, then acknowledges them all.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,12 +16,18 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::config::{Activation, Config, SourceConfig};
-use crate::ingest::{DeviceInfo, Ingest, Outcome, RadioFrame};
+use crate::ingest::RadioFrame;
+use crate::io::gwmp::packet::TxPk;
 use crate::io::{gwmp, mqtt};
-use crate::lorawan::{Sessions, UplinkError};
+use crate::keys::Eui64;
+use crate::lorawan::downlink::{DeviceClass, QueueConfig};
+use crate::lorawan::join::{JoinConfig, NetId};
+use crate::lorawan::region::RxSettings;
+use crate::lorawan::UplinkError;
+use crate::netserver::{DeviceInfo, NetworkServer, Note, NsConfig, Outcome, Output, Persist, Provisioning};
 use crate::ops::counters::Counters;
 use crate::reading::rfc3339;
-use crate::store::{Batch, Record, Store};
+use crate::store::{Batch, Record, Store, StoredSession};
 
 /// Frames from one source datagram; `done` says whether they are on disk.
 pub struct IngestRequest {
@@ -30,10 +35,35 @@ pub struct IngestRequest {
     pub done: oneshot::Sender<bool>,
 }
 
+/// Requests to the network server from the rest of the daemon.
+pub enum Control {
+    /// Queue a downlink for a device (control loops, commands).
+    Enqueue {
+        device: String,
+        f_port: u8,
+        payload: Vec<u8>,
+        confirmed: bool,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// A gateway could not send a downlink.
+    TxFailed { device: String, f_cnt_down: u32 },
+}
+
+/// A downlink for a source to send through one of its gateways.
+#[derive(Debug, Clone)]
+pub struct SourceDownlink {
+    pub gateway: Eui64,
+    pub device: String,
+    pub f_cnt_down: Option<u32>,
+    pub txpk: TxPk,
+}
+
 /// Sled's page cache: small, a Raspberry Pi has little RAM to spare.
 const STORE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Requests journaled in one group commit, at most.
 const MAX_GROUP: usize = 512;
+/// How often class C queues and downlink timeouts are looked at.
+const TICK: Duration = Duration::from_millis(500);
 
 /// A started daemon. Dropping it does not stop it; call [`Daemon::stop`].
 pub struct Daemon {
@@ -42,6 +72,7 @@ pub struct Daemon {
     pub gwmp_addrs: Vec<SocketAddr>,
     pub counters: Arc<Counters>,
     pub store: Store,
+    pub control: mpsc::Sender<Control>,
 }
 
 impl Daemon {
@@ -57,12 +88,15 @@ impl Daemon {
         let journaled = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
 
-        let ingest = build_ingest(config, &store)?;
+        let ns = build_network_server(config, &store)?;
         let (tx, rx) = mpsc::channel::<IngestRequest>(1024);
-        tasks.spawn(pipeline(ingest, store.clone(), rx, journaled.clone(), counters.clone(), config.publish.readings));
+        let (control_tx, control_rx) = mpsc::channel::<Control>(256);
 
         let mut gwmp_addrs = Vec::new();
+        let mut downlink_txs = Vec::new();
         for (i, source) in config.source.iter().enumerate() {
+            let (dl_tx, dl_rx) = mpsc::channel::<SourceDownlink>(256);
+            downlink_txs.push(dl_tx);
             match source {
                 SourceConfig::Gwmp(g) => {
                     let socket = gwmp::bind(g.bind).await?;
@@ -70,7 +104,14 @@ impl Daemon {
                     let name = if g.name.is_empty() { format!("gwmp-{i}") } else { g.name.clone() };
                     tracing::info!(source = %name, %addr, "packet-forwarder source listening");
                     gwmp_addrs.push(addr);
-                    tasks.spawn(gwmp::run(name, socket, tx.clone(), counters.clone(), shutdown_rx.clone()));
+                    let wiring = gwmp::Wiring {
+                        pipeline: tx.clone(),
+                        control: control_tx.clone(),
+                        downlinks: dl_rx,
+                        counters: counters.clone(),
+                        shutdown: shutdown_rx.clone(),
+                    };
+                    tasks.spawn(gwmp::run(name, i, socket, wiring));
                 }
                 other => {
                     tracing::warn!(source = other.name(), kind = other.kind(), "source type not supported yet; ignored")
@@ -78,6 +119,15 @@ impl Daemon {
             }
         }
         drop(tx);
+        let pipeline = Pipeline {
+            ns,
+            store: store.clone(),
+            journaled: journaled.clone(),
+            counters: counters.clone(),
+            publish_readings: config.publish.readings,
+            downlinks: downlink_txs,
+        };
+        tasks.spawn(pipeline.run(rx, control_rx));
 
         let settings = uplink_settings(config)?;
         let (store2, counters2, rx2) = (store.clone(), counters.clone(), shutdown_rx.clone());
@@ -86,12 +136,27 @@ impl Daemon {
                 tracing::error!(error = %e, "uplink stopped");
             }
         });
-        Ok(Daemon { shutdown, tasks, gwmp_addrs, counters, store })
+        Ok(Daemon { shutdown, tasks, gwmp_addrs, counters, store, control: control_tx })
+    }
+
+    /// Queues a downlink for a device; returns its id.
+    pub async fn enqueue_downlink(
+        &self,
+        device: &str,
+        f_port: u8,
+        payload: &[u8],
+        confirmed: bool,
+    ) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        let req = Control::Enqueue { device: device.into(), f_port, payload: payload.to_vec(), confirmed, reply };
+        self.control.send(req).await.map_err(|_| "the daemon is stopping".to_string())?;
+        answer.await.map_err(|_| "the daemon is stopping".to_string())?
     }
 
     /// Stops the sources, lets the pipeline finish what it holds, says goodbye to the broker.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
+        drop(self.control);
         let all = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(10), all).await.is_err() {
             tracing::warn!("tasks did not stop within 10 s; aborting them");
@@ -111,29 +176,83 @@ fn restrict_permissions(dir: &Path) {
     }
 }
 
-fn build_ingest(config: &Config, store: &Store) -> anyhow::Result<Ingest> {
-    let mut sessions = Sessions::new();
-    let mut devices = HashMap::new();
+fn build_network_server(config: &Config, store: &Store) -> anyhow::Result<NetworkServer> {
+    let l = &config.lorawan;
+    let net_id = NetId::from_hex(&l.net_id).map_err(|e| anyhow::anyhow!("lorawan.net_id: {e}"))?;
+    let rx = RxSettings {
+        rx1_dr_offset: l.rx1_dr_offset,
+        rx2_dr: l.rx2_dr,
+        rx2_freq_hz: l.rx2_freq_hz,
+        rx1_delay_s: l.rx1_delay_s,
+    };
+    let range = match (l.dev_addr_first, l.dev_addr_last) {
+        (Some(a), Some(b)) => (a, b),
+        _ => net_id.type0_dev_addr_range(),
+    };
+    let mut ns = NetworkServer::new(NsConfig {
+        gateway_id: config.gateway.id.clone(),
+        join: JoinConfig { net_id, rx, ..JoinConfig::default() },
+        dev_addr_range: range,
+        queue: QueueConfig {
+            max_attempts: l.max_attempts,
+            max_queued: l.max_queued,
+            dev_status_interval_ms: (l.dev_status_interval_s > 0).then_some(l.dev_status_interval_s * 1000),
+            class_c_ack_timeout_ms: l.class_c_ack_timeout_s * 1000,
+        },
+        min_lead_ms: l.min_lead_ms,
+    })
+    .map_err(|e| anyhow::anyhow!("lorawan: {e}"))?;
     for d in &config.device {
-        devices.insert(d.name.clone(), DeviceInfo { profile: d.profile.clone() });
-        match d.activation() {
+        let class = match d.class {
+            crate::config::DeviceClass::A => DeviceClass::A,
+            crate::config::DeviceClass::C => DeviceClass::C,
+        };
+        let info = DeviceInfo { profile: d.profile.clone(), class };
+        let prov = match d.activation() {
             Ok(Activation::Abp { dev_addr, nwk_s_key, app_s_key }) => {
-                sessions.upsert(&d.name, dev_addr, nwk_s_key, app_s_key, d.relax_fcnt);
                 if d.relax_fcnt {
-                    tracing::warn!(device = %d.name, "relax_fcnt is on: replayed frames of this device can be accepted");
+                    tracing::warn!(device = %d.name, "relax_fcnt is on: a frame counter reset of this device is accepted, which weakens replay protection");
                 }
+                Provisioning::Abp { dev_addr, nwk_s_key, app_s_key, relax_fcnt: d.relax_fcnt }
             }
-            Ok(Activation::Otaa { .. }) => {
-                tracing::warn!(device = %d.name, "OTAA devices are not served yet; ignored");
-            }
+            Ok(Activation::Otaa { dev_eui, join_eui, app_key }) => Provisioning::Otaa { dev_eui, join_eui, app_key },
             Err(e) => anyhow::bail!("device {}: {e}", d.name),
+        };
+        if let Some(path) = d.js_codec_path() {
+            if !ns.has_decoder(&d.profile) {
+                ns.set_decoder(&d.profile, load_js_codec(config, &d.profile, path)?);
+            }
         }
+        ns.upsert_device(&d.name, info, prov);
+    }
+    for (device, s) in store.sessions()? {
+        ns.restore_session(&device, s.dev_addr, s.nwk_s_key, s.app_s_key);
     }
     for (device, fcnt) in store.fcnts()? {
-        sessions.set_last_fcnt(&device, fcnt);
+        ns.restore_fcnt_up(&device, fcnt);
     }
-    tracing::info!(sessions = sessions.len(), "LoRaWAN sessions loaded");
-    Ok(Ingest::new(config.gateway.id.clone(), sessions, devices))
+    for (device, next) in store.fcnts_down()? {
+        ns.restore_fcnt_down(&device, next);
+    }
+    for (eui, nonces) in store.dev_nonces()? {
+        ns.restore_nonces(eui, nonces);
+    }
+    ns.restore_join_nonce(store.join_nonce()?);
+    tracing::info!(devices = ns.device_count(), sessions = ns.session_count(), "LoRaWAN network server ready");
+    Ok(ns)
+}
+
+/// Loads a TTN-format JavaScript codec (`profile = "js:PATH"`), sandboxed with the default limits.
+fn load_js_codec(config: &Config, profile: &str, path: &str) -> anyhow::Result<Box<dyn crate::decode::Decoder>> {
+    use crate::decode::js::{JsCodec, JsLimits};
+    let full = config.resolve_path(Path::new(path));
+    let source = std::fs::read_to_string(&full).with_context(|| format!("reading codec {}", full.display()))?;
+    // The decode module is pure: the shell gives the codec runtime its clock (monotonic).
+    let origin = std::time::Instant::now();
+    let clock: crate::decode::js::Clock = Arc::new(move || origin.elapsed());
+    let codec = JsCodec::load(profile, &source, JsLimits::default(), clock)
+        .map_err(|e| anyhow::anyhow!("codec {}: {e}", full.display()))?;
+    Ok(Box::new(codec))
 }
 
 fn uplink_settings(config: &Config) -> anyhow::Result<mqtt::UplinkSettings> {
@@ -159,34 +278,61 @@ fn uplink_settings(config: &Config) -> anyhow::Result<mqtt::UplinkSettings> {
     })
 }
 
-/// The pipeline task: the shell around the pure ingest core. One owner of the LoRaWAN sessions.
-async fn pipeline(
-    mut ingest: Ingest,
+fn now_ms() -> u64 {
+    u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+/// The pipeline task: the shell around the pure network server, and its only owner.
+struct Pipeline {
+    ns: NetworkServer,
     store: Store,
-    mut rx: mpsc::Receiver<IngestRequest>,
     journaled: Arc<Notify>,
     counters: Arc<Counters>,
     publish_readings: bool,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
+    downlinks: Vec<mpsc::Sender<SourceDownlink>>,
+}
+
+impl Pipeline {
+    async fn run(mut self, mut rx: mpsc::Receiver<IngestRequest>, mut control: mpsc::Receiver<Control>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                first = rx.recv() => {
+                    let Some(first) = first else { break };
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(r) => group.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    self.ingest(group).await;
+                }
+                Some(c) = control.recv() => self.control(c).await,
+                _ = tick.tick() => {
+                    let out = self.ns.tick(now_ms());
+                    self.apply(Batch::default(), out, 0).await;
+                }
             }
         }
+    }
+
+    async fn ingest(&mut self, group: Vec<IngestRequest>) {
         let now = Utc::now();
+        let now_ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
         let mut batch = Batch::default();
+        let mut all = Output::default();
         let mut readings = 0u64;
         for req in &group {
             for frame in &req.frames {
-                match ingest.handle(now, frame) {
-                    Outcome::Reading { mut reading, fcnt } => {
-                        batch.set_fcnt(&reading.device, fcnt);
-                        if publish_readings {
-                            reading.seq = store.allocate_seq();
-                            tracing::debug!(device = %reading.device, seq = reading.seq, f_cnt = fcnt, "reading");
+                let (outcome, out) = self.ns.handle_frame(now, now_ms, frame);
+                match outcome {
+                    Outcome::Reading(mut reading) => {
+                        Counters::inc(&self.counters.frames_ok);
+                        if self.publish_readings {
+                            reading.seq = self.store.allocate_seq();
+                            tracing::debug!(device = %reading.device, seq = reading.seq, "reading");
                             batch.push_record(Record {
                                 seq: reading.seq,
                                 topic_suffix: reading.topic_suffix(),
@@ -194,23 +340,69 @@ async fn pipeline(
                             });
                             readings += 1;
                         }
-                        Counters::inc(&counters.frames_ok);
                     }
-                    Outcome::MacOnly { device, fcnt } => {
-                        batch.set_fcnt(&device, fcnt);
-                        Counters::inc(&counters.frames_ok);
-                        Counters::inc(&counters.frames_mac_only);
+                    Outcome::MacOnly { .. } => {
+                        Counters::inc(&self.counters.frames_ok);
+                        Counters::inc(&self.counters.frames_mac_only);
                     }
-                    Outcome::Duplicate => Counters::inc(&counters.frames_duplicate),
-                    Outcome::Rejected(e) => count_rejection(&counters, &e),
+                    Outcome::Joined { .. } => Counters::inc(&self.counters.joins),
+                    Outcome::JoinRejected(e) => {
+                        Counters::inc(&self.counters.joins_refused);
+                        tracing::info!(error = %e, "join request refused");
+                    }
+                    Outcome::Duplicate => Counters::inc(&self.counters.frames_duplicate),
+                    Outcome::Rejected(e) => count_rejection(&self.counters, &e),
+                }
+                all.persist.extend(out.persist);
+                all.downlinks.extend(out.downlinks);
+                all.notes.extend(out.notes);
+            }
+        }
+        let ok = self.apply(batch, all, readings).await;
+        for req in group {
+            let _ = req.done.send(ok);
+        }
+    }
+
+    async fn control(&mut self, c: Control) {
+        match c {
+            Control::Enqueue { device, f_port, payload, confirmed, reply } => {
+                match self.ns.enqueue(now_ms(), &device, f_port, &payload, confirmed) {
+                    Ok((id, out)) => {
+                        self.apply(Batch::default(), out, 0).await;
+                        let _ = reply.send(Ok(id));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
                 }
             }
+            Control::TxFailed { device, f_cnt_down } => self.ns.tx_failed(&device, f_cnt_down),
+        }
+    }
+
+    /// Journals `batch` plus the state in `out`, flushes, and only then sends the downlinks.
+    /// Returns whether everything is on disk.
+    async fn apply(&mut self, mut batch: Batch, out: Output, readings: u64) -> bool {
+        for p in out.persist {
+            match p {
+                Persist::FcntUp { device, fcnt } => batch.set_fcnt(&device, fcnt),
+                Persist::FcntDown { device, next } => batch.set_fcnt_down(&device, next),
+                Persist::Session { device, dev_addr, nwk_s_key, app_s_key } => {
+                    batch.set_session(&device, &StoredSession { dev_addr, nwk_s_key, app_s_key })
+                }
+                Persist::DevNonce { dev_eui, nonce } => batch.add_dev_nonce(dev_eui, nonce),
+                Persist::JoinNonce { next } => batch.set_join_nonce(next),
+            }
+        }
+        for n in out.notes {
+            self.note(n);
         }
         let ok = if batch.is_empty() {
             true
         } else {
-            match store.commit(batch) {
-                Ok(()) => match store.flush().await {
+            match self.store.commit(batch) {
+                Ok(()) => match self.store.flush().await {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::error!(error = %e, "journal flush failed; frames not acknowledged");
@@ -223,14 +415,51 @@ async fn pipeline(
                 }
             }
         };
-        if ok {
-            counters.readings_journaled.fetch_add(readings, std::sync::atomic::Ordering::Relaxed);
-            journaled.notify_one();
-        } else {
-            Counters::inc(&counters.journal_errors);
+        if !ok {
+            Counters::inc(&self.counters.journal_errors);
+            // Nothing that depends on unsaved state leaves the gateway.
+            return false;
         }
-        for req in group {
-            let _ = req.done.send(ok);
+        self.counters.readings_journaled.fetch_add(readings, std::sync::atomic::Ordering::Relaxed);
+        if readings > 0 {
+            self.journaled.notify_one();
+        }
+        for d in out.downlinks {
+            let sd =
+                SourceDownlink { gateway: d.origin.gateway, device: d.device, f_cnt_down: d.f_cnt_down, txpk: d.txpk };
+            match self.downlinks.get(d.origin.source) {
+                Some(tx) if tx.try_send(sd).is_ok() => {}
+                _ => {
+                    Counters::inc(&self.counters.downlinks_failed);
+                    tracing::warn!("downlink could not be handed to its source");
+                }
+            }
+        }
+        true
+    }
+
+    fn note(&self, n: Note) {
+        match n {
+            Note::Joined { device, dev_addr } => tracing::info!(%device, %dev_addr, "device joined"),
+            Note::JoinRefused { error } => tracing::debug!(%error, "join refused"),
+            Note::DownlinkAcked { device, id, attempts } => {
+                tracing::info!(%device, id, attempts, "confirmed downlink acknowledged")
+            }
+            Note::DownlinkFailed { device, id, attempts } => {
+                Counters::inc(&self.counters.downlinks_failed);
+                tracing::warn!(%device, id, attempts, "confirmed downlink not acknowledged: failed")
+            }
+            Note::DownlinkDeferred { device, reason, duty_cycle } => {
+                Counters::inc(&self.counters.downlinks_deferred);
+                if duty_cycle {
+                    Counters::inc(&self.counters.downlinks_duty_cycle);
+                }
+                tracing::info!(%device, %reason, "downlink deferred");
+            }
+            Note::DecodeError { device } => {
+                Counters::inc(&self.counters.decode_errors);
+                tracing::debug!(%device, "payload could not be decoded");
+            }
         }
     }
 }
@@ -238,7 +467,7 @@ async fn pipeline(
 fn count_rejection(counters: &Counters, e: &UplinkError) {
     let c = match e {
         UplinkError::BadMic { .. } => &counters.frames_bad_mic,
-        UplinkError::Replay { .. } => &counters.frames_replay,
+        UplinkError::Replay { .. } | UplinkError::FCntGap { .. } => &counters.frames_replay,
         UplinkError::UnknownDevAddr(_) => &counters.frames_unknown_dev_addr,
         UplinkError::NotUplinkData { .. } => &counters.frames_not_data,
         _ => &counters.frames_malformed,

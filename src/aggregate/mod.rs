@@ -147,17 +147,17 @@ struct Acc {
     count: u64,
 }
 
-type AccRepr = (f64, f64, f64, f64, i64, u64);
+type AccRepr = (ExactF64, ExactF64, ExactF64, ExactF64, i64, u64);
 
 impl From<AccRepr> for Acc {
     fn from((min, max, sum, last, last_at_ms, count): AccRepr) -> Self {
-        Acc { min, max, sum, last, last_at_ms, count }
+        Acc { min: min.0, max: max.0, sum: sum.0, last: last.0, last_at_ms, count }
     }
 }
 
 impl From<Acc> for AccRepr {
     fn from(a: Acc) -> Self {
-        (a.min, a.max, a.sum, a.last, a.last_at_ms, a.count)
+        (ExactF64(a.min), ExactF64(a.max), ExactF64(a.sum), ExactF64(a.last), a.last_at_ms, a.count)
     }
 }
 
@@ -215,8 +215,9 @@ fn is_zero(v: &i64) -> bool {
     *v == 0
 }
 
-/// What survives a restart: open windows and the closing horizon. Opaque; persist it with serde (JSON is
-/// about 60 bytes per device plus 60 per metric).
+/// What survives a restart: open windows and the closing horizon. Opaque; persist it with a self-describing
+/// serde format (JSON: about 60 bytes per device with an open window plus 60 per metric). Floats are stored
+/// so that they come back bit for bit, so a restored run continues exactly like an uninterrupted one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AggregatorState {
     window_ms: i64,
@@ -460,6 +461,67 @@ fn close(device: &str, open: OpenWindow, window_ms: i64) -> AggregateWindow {
         window_end_ms: open.start_ms + window_ms,
         count: open.count,
         metrics: open.metrics.iter().map(|(n, a)| (n.clone(), a.stats())).collect(),
+    }
+}
+
+/// An `f64` in persisted state that survives a round trip through any serde format bit for bit.
+///
+/// `serde_json` without its `float_roundtrip` feature may parse a 17-digit float one ulp off, which would make
+/// a restored window differ from an uninterrupted one. Integral values (most metrics) are written as
+/// integers, which every format keeps exactly; others as their shortest round-trip decimal string. Reading
+/// accepts strings and plain numbers (a hand-edited state).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ExactF64(pub(crate) f64);
+
+impl Serialize for ExactF64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+        let v = self.0;
+        if v.fract() == 0.0 && v.abs() <= EXACT && !(v == 0.0 && v.is_sign_negative()) {
+            s.serialize_i64(v as i64)
+        } else {
+            // `Display` of f64 is the shortest decimal that parses back to the same value.
+            s.collect_str(&v)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExactF64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ExactF64;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a decimal string")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ExactF64, E> {
+                Ok(ExactF64(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ExactF64, E> {
+                Ok(ExactF64(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ExactF64, E> {
+                Ok(ExactF64(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ExactF64, E> {
+                v.trim().parse::<f64>().map(ExactF64).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `#[serde(with = "exact_f64")]` for `f64` fields of persisted state (see [`ExactF64`]).
+pub(crate) mod exact_f64 {
+    use super::ExactF64;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        ExactF64(*v).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        ExactF64::deserialize(d).map(|v| v.0)
     }
 }
 

@@ -17,9 +17,9 @@
 //! - Stack: native stack use of the interpreter is capped at [`JsLimits::stack_bytes`].
 //! - Time: QuickJS calls an interrupt handler every ~10,000 bytecode operations; it reads the
 //!   injected clock and aborts the call (an uncatchable exception) once
-//!   [`JsLimits::time_budget`] has passed. Loading gets ten times the budget. Known gap: the
-//!   QuickJS-ng regex engine in rquickjs 0.9 does not poll the interrupt handler, so a
-//!   catastrophically backtracking regular expression is not stopped by the time limit.
+//!   [`JsLimits::time_budget`] has passed. Loading gets ten times the budget. The regex engine
+//!   polls the same handler (QuickJS-ng >= 0.10, i.e. rquickjs >= 0.10; with rquickjs 0.9 a
+//!   catastrophically backtracking regular expression would escape the time limit).
 //!
 //! After a time-out, memory exhaustion, stack overflow, or when the codec's heap stays above
 //! half the memory limit, the runtime is dropped and re-created transparently from the stored
@@ -99,6 +99,8 @@ const MAX_DEPTH: usize = 32;
 const MAX_NODES: usize = 100_000;
 /// Most promise jobs run after one call.
 const MAX_JOBS: usize = 1_000;
+/// Message for a `null` exception (see [`failure`]).
+const NULL_THROWN: &str = "memory limit exceeded (or the codec threw null)";
 /// No deadline armed.
 const DISARMED: u64 = u64::MAX;
 
@@ -197,15 +199,10 @@ impl JsCodec {
     /// Fails with [`DecodeError::Codec`] on a syntax error, an exception, time-out or memory
     /// exhaustion in the top level, or when the script defines no function `decodeUplink`.
     pub fn load(profile: &str, source: &str, limits: JsLimits, clock: Clock) -> Result<JsCodec, DecodeError> {
-        let watchdog = Arc::new(Watchdog { clock, deadline_ns: AtomicU64::new(DISARMED), fired: AtomicBool::new(false) });
+        let watchdog =
+            Arc::new(Watchdog { clock, deadline_ns: AtomicU64::new(DISARMED), fired: AtomicBool::new(false) });
         let engine = start(source, &limits, &watchdog).map_err(|f| DecodeError::Codec(f.into_message()))?;
-        Ok(JsCodec {
-            profile: profile.to_string(),
-            source: source.to_string(),
-            limits,
-            watchdog,
-            engine: Some(engine),
-        })
+        Ok(JsCodec { profile: profile.to_string(), source: source.to_string(), limits, watchdog, engine: Some(engine) })
     }
 
     /// The limits this codec runs under.
@@ -234,7 +231,9 @@ impl JsCodec {
         let timed_out = self.watchdog.disarm();
 
         let outcome = match outcome {
-            _ if timed_out => Err(Failure::Limit(format!("time limit of {} ms exceeded", self.limits.time_budget.as_millis()))),
+            _ if timed_out => {
+                Err(Failure::Limit(format!("time limit of {} ms exceeded", self.limits.time_budget.as_millis())))
+            }
             Ok(_) if jobs_left => Err(Failure::Limit("codec left promise jobs running".into())),
             other => other,
         };
@@ -368,8 +367,8 @@ fn call<'js>(ctx: &Ctx<'js>, f_port: u8, payload: &[u8], recv_time: Option<&str>
         }
         _ => return Err(Failure::Codec(format!("data is {}, expected an object", type_name(&data)))),
     }
-    decoded.errors = messages(ctx, &result, "errors")?;
-    decoded.warnings = messages(ctx, &result, "warnings")?;
+    decoded.errors = messages(ctx, result, "errors")?;
+    decoded.warnings = messages(ctx, result, "warnings")?;
     decoded.warnings.extend(conv.warnings);
     decoded.warnings.truncate(MAX_MESSAGES);
     Ok(decoded)
@@ -382,7 +381,9 @@ fn messages<'js>(ctx: &Ctx<'js>, result: &Object<'js>, key: &str) -> Result<Vec<
         return Ok(Vec::new());
     }
     let items: Vec<Value> = match v.as_array() {
-        Some(a) => (0..a.len().min(MAX_MESSAGES)).map(|i| a.get(i)).collect::<Result<_, _>>().map_err(|e| failure(ctx, e))?,
+        Some(a) => {
+            (0..a.len().min(MAX_MESSAGES)).map(|i| a.get(i)).collect::<Result<_, _>>().map_err(|e| failure(ctx, e))?
+        }
         None => vec![v],
     };
     let mut out = Vec::with_capacity(items.len());
@@ -453,7 +454,9 @@ impl<'js> Converter<'_, 'js> {
                     None
                 }
             },
-            Type::String => Some(Json::String(v.as_string().map(|s| s.to_string()).transpose().map_err(js)?.unwrap_or_default())),
+            Type::String => {
+                Some(Json::String(v.as_string().map(|s| s.to_string()).transpose().map_err(js)?.unwrap_or_default()))
+            }
             Type::BigInt => {
                 let s: rquickjs::Coerced<String> = v.get().map_err(js)?;
                 Some(s.0.parse::<i64>().map(Json::from).unwrap_or(Json::String(s.0)))
@@ -501,7 +504,8 @@ fn type_name(v: &Value) -> &'static str {
         Type::Function | Type::Constructor => "a function",
         Type::Promise => "a Promise",
         Type::BigInt => "a BigInt",
-        Type::Object | Type::Exception => "an object",
+        Type::Object => "an object",
+        Type::Exception => "an Error object",
         Type::Module | Type::Unknown => "an unknown value",
     }
 }
@@ -516,17 +520,24 @@ fn failure(ctx: &Ctx<'_>, e: rquickjs::Error) -> Failure {
     }
     let exc = ctx.catch();
     let Some(obj) = exc.as_object() else {
-        // QuickJS throws `null` when it cannot even allocate the error object.
-        if exc.is_null() || exc.is_undefined() {
-            return Failure::Limit("memory limit exceeded".into());
-        }
-        let text = exc.get::<rquickjs::Coerced<String>>().map(|s| s.0).unwrap_or_else(|_| type_name(&exc).into());
-        return Failure::Codec(truncate(&format!("uncaught exception: {text}")));
+        return match exc.type_of() {
+            // QuickJS throws `null` when memory is so short that it cannot allocate the error
+            // object; a codec may also throw null itself. Treated as a resource failure (the
+            // runtime is re-created), the message says both.
+            Type::Null | Type::Uninitialized => Failure::Limit(NULL_THROWN.into()),
+            Type::String | Type::Int | Type::Float | Type::Bool | Type::BigInt => {
+                let text = coerce_string(ctx, &exc).unwrap_or_default();
+                Failure::Codec(truncate(&format!("uncaught exception: {text}")))
+            }
+            _ => Failure::Codec(format!("uncaught exception: {}", type_name(&exc))),
+        };
     };
-    let name = obj.get::<_, Option<rquickjs::Coerced<String>>>("name").ok().flatten().map(|s| s.0);
-    let message = obj.get::<_, Option<rquickjs::Coerced<String>>>("message").ok().flatten().map(|s| s.0);
-    let name = name.unwrap_or_else(|| "Error".into());
-    let message = message.unwrap_or_default();
+    let name = prop_string(ctx, obj, "name");
+    let message = prop_string(ctx, obj, "message");
+    let (name, message) = match (name, message) {
+        (None, None) => return Failure::Codec(format!("uncaught exception: {}", type_name(&exc))),
+        (name, message) => (name.unwrap_or_else(|| "Error".into()), message.unwrap_or_default()),
+    };
     match (name.as_str(), message.as_str()) {
         ("InternalError", "out of memory") => Failure::Limit("memory limit exceeded".into()),
         ("InternalError", "interrupted") => Failure::Limit("time limit exceeded".into()),
@@ -536,16 +547,38 @@ fn failure(ctx: &Ctx<'_>, e: rquickjs::Error) -> Failure {
     }
 }
 
+/// `String(obj[key])` unless it is undefined; `None` also when that throws (the exception is
+/// cleared; a time-out is still seen by the watchdog).
+fn prop_string<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, key: &str) -> Option<String> {
+    match obj.get::<_, Value>(key) {
+        Ok(v) if v.is_undefined() => None,
+        Ok(v) => coerce_string(ctx, &v),
+        Err(_) => {
+            ctx.catch();
+            None
+        }
+    }
+}
+
+/// `String(v)`; `None` (exception cleared) when that throws.
+fn coerce_string<'js>(ctx: &Ctx<'js>, v: &Value<'js>) -> Option<String> {
+    match v.get::<rquickjs::Coerced<String>>() {
+        Ok(s) => Some(s.0),
+        Err(_) => {
+            ctx.catch();
+            None
+        }
+    }
+}
+
 /// At most [`MAX_MESSAGE_CHARS`] characters, on one line.
 fn truncate(s: &str) -> String {
-    let mut out: String =
-        s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_MESSAGE_CHARS).collect();
+    let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_MESSAGE_CHARS).collect();
     if s.chars().count() > MAX_MESSAGE_CHARS {
         out.push('…');
     }
     out
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -599,8 +632,10 @@ mod tests {
 
     /// A codec that misbehaves on FPort 1 with `bad` and decodes `{ok: 1}` on other ports.
     fn hostile(bad: &str) -> JsCodec {
-        load(&format!("function decodeUplink(input) {{ if (input.fPort === 1) {{ {bad} }} return {{ data: {{ ok: 1 }} }}; }}"))
-            .unwrap()
+        load(&format!(
+            "function decodeUplink(input) {{ if (input.fPort === 1) {{ {bad} }} return {{ data: {{ ok: 1 }} }}; }}"
+        ))
+        .unwrap()
     }
 
     /// The hostile call fails with a codec error; the same codec and a good one still work.
@@ -695,7 +730,8 @@ mod tests {
     #[test]
     fn endless_loop_with_real_clock() {
         let limits = JsLimits { time_budget: Duration::from_millis(50), ..JsLimits::default() };
-        let src = "function decodeUplink(input) { if (input.fPort === 1) { while (true) {} } return { data: { ok: 1 } }; }";
+        let src =
+            "function decodeUplink(input) { if (input.fPort === 1) { while (true) {} } return { data: { ok: 1 } }; }";
         let mut c = JsCodec::load("js:loop.js", src, limits, real_clock()).unwrap();
         let t = Instant::now();
         let msg = codec_err(c.decode(1, &[]));
@@ -717,10 +753,20 @@ mod tests {
     }
 
     #[test]
+    fn catastrophic_regex_hits_time_limit() {
+        // Needs QuickJS-ng >= 0.10 (rquickjs >= 0.10): its regex engine polls the interrupt
+        // handler. With rquickjs 0.9 this runs for seconds to minutes and then succeeds.
+        let msg =
+            contained("var r = /(a+)+b/.test('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'); return { data: { r: r } };");
+        assert!(msg.contains("time limit"), "{msg}");
+    }
+
+    #[test]
     fn deep_recursion_hits_stack_limit() {
         let msg = contained("function f(n) { return f(n + 1) + 1; } f(0);");
         assert!(msg.contains("stack"), "{msg}");
-        let msg = contained("var o = {}; var p = o; for (var i = 0; i < 1e6; i++) { p.x = {}; p = p.x; } JSON.stringify(o);");
+        let msg =
+            contained("var o = {}; var p = o; for (var i = 0; i < 1e6; i++) { p.x = {}; p = p.x; } JSON.stringify(o);");
         assert!(msg.contains("limit"), "{msg}");
     }
 
@@ -761,8 +807,14 @@ mod tests {
         assert_eq!(msg, "TypeError: bad thing");
         let msg = contained("throw 'plain';");
         assert!(msg.contains("plain"), "{msg}");
-        contained("throw null;");
-        contained("throw { toString: function () { while (true) {} } };");
+        assert_eq!(contained("throw null;"), NULL_THROWN);
+        assert_eq!(contained("throw undefined;"), "uncaught exception: undefined");
+        assert_eq!(contained("throw {};"), "uncaught exception: an object");
+        assert_eq!(contained("throw { message: 'm' };"), "Error: m");
+        let msg = contained("throw { get name() { throw 2; }, toString: function () { while (true) {} } };");
+        assert_eq!(msg, "uncaught exception: an object");
+        let msg = contained("throw { get message() { while (true) {} } };");
+        assert!(msg.contains("time limit"), "{msg}");
         contained("input.bytes.nope.nope = 1;");
         for garbage in ["42", "'text'", "[1, 2]", "null", "undefined", "function () {}", "Promise.resolve({})"] {
             let msg = contained(&format!("return {garbage};"));

@@ -13,6 +13,7 @@ use serde_json::Value;
 mod browan;
 mod decentlab;
 mod dragino;
+pub mod js;
 mod lamp;
 mod milesight;
 mod nas;

@@ -200,6 +200,7 @@ impl ContainerGeometry {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ContainerStatus {
     /// Fill of the last valid reading.
+    #[serde(with = "crate::aggregate::exact_f64")]
     pub fill_pct: f64,
     /// `container_full` may fire (false from its firing until the fill drops below `clear_pct` or the
     /// container is emptied).
@@ -498,6 +499,7 @@ impl TreeThresholds {
 /// What the tracker remembers of one tree.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TreeStatus {
+    #[serde(with = "crate::aggregate::exact_f64")]
     pub soil_moisture_pct: f64,
     pub needs_water: bool,
 }

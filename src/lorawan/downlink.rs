@@ -135,6 +135,8 @@ pub enum EnqueueError {
     TooLarge { len: usize, max: usize },
     #[error("queue full ({max} downlinks)")]
     QueueFull { max: usize },
+    #[error("the device has no session (unknown, or an OTAA device that has not joined yet)")]
+    NoSession,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,12 @@
 //! | `o` + seq (u64 BE)      | an outbox record (see [`Record`])       |
 //! | `m/next_seq`            | the next `seq` to hand out (u64 BE)     |
 //! | `f/` + device name      | last accepted uplink FCnt (u32 BE)      |
+//! | `d/` + device name      | next FCntDown (u32 BE)                  |
+//! | `s/` + device name      | OTAA session: DevAddr, NwkSKey, AppSKey |
+//! | `n/` + DevEUI + nonce   | a used DevNonce (empty value)           |
+//! | `m/join_nonce`          | the next JoinNonce (u32 BE)             |
+//!
+//! Session keys live only here, in the data dir (mode 700, the daemon's user only).
 //!
 //! Durability: writes are buffered by sled until [`Store::flush`]; the caller flushes before it
 //! acknowledges anything to the outside (PUSH_ACK). A record leaves the outbox only when the broker's
@@ -21,9 +27,15 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::keys::{DevAddr, Eui64, Key128};
+
 const OUTBOX: u8 = b'o';
 const NEXT_SEQ: &[u8] = b"m/next_seq";
 const FCNT_PREFIX: &[u8] = b"f/";
+const FCNT_DOWN_PREFIX: &[u8] = b"d/";
+const SESSION_PREFIX: &[u8] = b"s/";
+const NONCE_PREFIX: &[u8] = b"n/";
+const JOIN_NONCE: &[u8] = b"m/join_nonce";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -65,6 +77,22 @@ impl Record {
 pub struct Batch {
     records: Vec<Record>,
     fcnt: Vec<(String, u32)>,
+    other: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// An OTAA session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub dev_addr: DevAddr,
+    pub nwk_s_key: Key128,
+    pub app_s_key: Key128,
+}
+
+fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + rest.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rest);
+    k
 }
 
 impl Batch {
@@ -74,8 +102,26 @@ impl Batch {
     pub fn set_fcnt(&mut self, device: &str, fcnt: u32) {
         self.fcnt.push((device.to_string(), fcnt));
     }
+    pub fn set_fcnt_down(&mut self, device: &str, next: u32) {
+        self.other.push((prefixed(FCNT_DOWN_PREFIX, device.as_bytes()), next.to_be_bytes().to_vec()));
+    }
+    pub fn set_session(&mut self, device: &str, s: &StoredSession) {
+        let mut v = Vec::with_capacity(36);
+        v.extend_from_slice(&s.dev_addr.0.to_be_bytes());
+        v.extend_from_slice(s.nwk_s_key.expose());
+        v.extend_from_slice(s.app_s_key.expose());
+        self.other.push((prefixed(SESSION_PREFIX, device.as_bytes()), v));
+    }
+    pub fn add_dev_nonce(&mut self, dev_eui: Eui64, nonce: u16) {
+        let mut rest = dev_eui.0.to_be_bytes().to_vec();
+        rest.extend_from_slice(&nonce.to_be_bytes());
+        self.other.push((prefixed(NONCE_PREFIX, &rest), Vec::new()));
+    }
+    pub fn set_join_nonce(&mut self, next: u32) {
+        self.other.push((JOIN_NONCE.to_vec(), next.to_be_bytes().to_vec()));
+    }
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.fcnt.is_empty()
+        self.records.is_empty() && self.fcnt.is_empty() && self.other.is_empty()
     }
     pub fn len(&self) -> usize {
         self.records.len()
@@ -143,6 +189,9 @@ impl Store {
             k.extend_from_slice(device.as_bytes());
             b.insert(k, &fcnt.to_be_bytes());
         }
+        for (k, v) in &batch.other {
+            b.insert(k.as_slice(), v.as_slice());
+        }
         b.insert(NEXT_SEQ, &self.next_seq().to_be_bytes());
         self.tree.apply_batch(b)?;
         Ok(())
@@ -170,6 +219,58 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Next FCntDown per device.
+    pub fn fcnts_down(&self) -> Result<HashMap<String, u32>, StoreError> {
+        let mut out = HashMap::new();
+        for item in self.tree.scan_prefix(FCNT_DOWN_PREFIX) {
+            let (k, v) = item?;
+            if let Ok(b) = <[u8; 4]>::try_from(v.as_ref()) {
+                out.insert(String::from_utf8_lossy(&k[FCNT_DOWN_PREFIX.len()..]).into_owned(), u32::from_be_bytes(b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// OTAA sessions per device.
+    pub fn sessions(&self) -> Result<HashMap<String, StoredSession>, StoreError> {
+        let mut out = HashMap::new();
+        for item in self.tree.scan_prefix(SESSION_PREFIX) {
+            let (k, v) = item?;
+            let (Some(a), Some(n), Some(s)) = (v.get(0..4), v.get(4..20), v.get(20..36)) else { continue };
+            let (Ok(a), Ok(n), Ok(s)) = (<[u8; 4]>::try_from(a), <[u8; 16]>::try_from(n), <[u8; 16]>::try_from(s))
+            else {
+                continue;
+            };
+            out.insert(
+                String::from_utf8_lossy(&k[SESSION_PREFIX.len()..]).into_owned(),
+                StoredSession {
+                    dev_addr: DevAddr(u32::from_be_bytes(a)),
+                    nwk_s_key: Key128::new(n),
+                    app_s_key: Key128::new(s),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Used DevNonces per DevEUI.
+    pub fn dev_nonces(&self) -> Result<HashMap<Eui64, Vec<u16>>, StoreError> {
+        let mut out: HashMap<Eui64, Vec<u16>> = HashMap::new();
+        for item in self.tree.scan_prefix(NONCE_PREFIX) {
+            let (k, _) = item?;
+            let rest = &k[NONCE_PREFIX.len()..];
+            let (Some(eui), Some(nonce)) = (rest.get(0..8), rest.get(8..10)) else { continue };
+            let (Ok(eui), Ok(nonce)) = (<[u8; 8]>::try_from(eui), <[u8; 2]>::try_from(nonce)) else { continue };
+            out.entry(Eui64(u64::from_be_bytes(eui))).or_default().push(u16::from_be_bytes(nonce));
+        }
+        Ok(out)
+    }
+
+    /// The next JoinNonce (0 on a new store).
+    pub fn join_nonce(&self) -> Result<u32, StoreError> {
+        Ok(self.tree.get(JOIN_NONCE)?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
     }
 
     /// Up to `max` outbox records with `seq >= from`, oldest first.
@@ -240,5 +341,33 @@ mod tests {
         assert_eq!(r[0], rec(2));
         assert_eq!(s.depth(), 2);
         assert_eq!(s.oldest(), Some(2));
+    }
+
+    #[test]
+    fn lorawan_state_roundtrips() {
+        let dir = tempfile::tempdir().unwrap();
+        let sess = StoredSession {
+            dev_addr: DevAddr(0x0100_0001),
+            nwk_s_key: Key128::new([1; 16]),
+            app_s_key: Key128::new([2; 16]),
+        };
+        {
+            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            let mut b = Batch::default();
+            b.set_session("pir-01", &sess);
+            b.set_fcnt_down("pir-01", 7);
+            b.add_dev_nonce(Eui64(0x0102030405060708), 0x1234);
+            b.add_dev_nonce(Eui64(0x0102030405060708), 0x0001);
+            b.set_join_nonce(3);
+            s.commit(b).unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.sessions().unwrap().get("pir-01"), Some(&sess));
+        assert_eq!(s.fcnts_down().unwrap().get("pir-01"), Some(&7));
+        let mut n = s.dev_nonces().unwrap().remove(&Eui64(0x0102030405060708)).unwrap();
+        n.sort();
+        assert_eq!(n, vec![1, 0x1234]);
+        assert_eq!(s.join_nonce().unwrap(), 3);
     }
 }
