@@ -357,7 +357,7 @@ impl NetworkServer {
                     reason: e.to_string(),
                     duty_cycle: e.is_duty_cycle(),
                 });
-                return Outcome::JoinRejected(JoinError::Build("no receive window for the join accept".into()));
+                return Outcome::JoinRejected(JoinError::Build("no receive window for the join accept"));
             }
         };
         let (nwk, app) = (j.keys.nwk_s_key, j.keys.app_s_key);

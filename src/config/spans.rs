@@ -111,12 +111,10 @@ pub(crate) fn locate(node: &Spanned<DeValue<'_>>, span: &Range<usize>) -> Option
     fn walk(v: &Spanned<DeValue<'_>>, path: &KeyPath, span: &Range<usize>, best: &mut Best) {
         let s = v.span();
         let depth = path.0.len();
-        if s == *span && best.exact.as_ref().map_or(true, |(d, _)| depth >= *d) {
+        if s == *span && best.exact.as_ref().is_none_or(|(d, _)| depth >= *d) {
             best.exact = Some((depth, path.clone()));
         }
-        if s.start <= span.start
-            && span.end <= s.end
-            && best.containing.as_ref().map_or(true, |(len, _)| s.len() <= *len)
+        if s.start <= span.start && span.end <= s.end && best.containing.as_ref().is_none_or(|(len, _)| s.len() <= *len)
         {
             best.containing = Some((s.len(), path.clone()));
         }

@@ -165,7 +165,13 @@ pub(crate) struct EnergyBook {
 
 impl EnergyBook {
     pub fn new(zone: &str, window_s: u32, co2_g_per_kwh: f64) -> EnergyBook {
-        EnergyBook { zone: zone.to_string(), window_s: i64::from(window_s.max(1)), co2_g_per_kwh, window: None, day: None }
+        EnergyBook {
+            zone: zone.to_string(),
+            window_s: i64::from(window_s.max(1)),
+            co2_g_per_kwh,
+            window: None,
+            day: None,
+        }
     }
 
     pub fn running(&self) -> bool {
@@ -179,7 +185,7 @@ impl EnergyBook {
     }
 
     fn day_at(sched: &Schedule, t: DateTime<Utc>) -> Option<Acc> {
-        let d = sched.local_date(t);
+        let d = sched.local_date(t)?;
         let start = sched.local_instant(d, 0)?;
         let end = sched.local_instant(d, 1440)?;
         (start <= t && t < end).then(|| Acc::new(start, end))

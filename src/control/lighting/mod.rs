@@ -177,18 +177,37 @@ impl ZoneState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
     /// A lamp did not acknowledge `level_pct` after `attempts` sends.
-    LampFault { lamp: String, level_pct: u8, attempts: u32 },
-    LampRecovered { lamp: String },
+    LampFault {
+        lamp: String,
+        level_pct: u8,
+        attempts: u32,
+    },
+    LampRecovered {
+        lamp: String,
+    },
     /// Fail-safe entered for `lamps`.
-    SensorSilent { sensor: String, last_heard: DateTime<Utc>, lamps: Vec<String> },
+    SensorSilent {
+        sensor: String,
+        last_heard: DateTime<Utc>,
+        lamps: Vec<String>,
+    },
     /// Fail-safe left.
-    SensorRecovered { sensor: String },
+    SensorRecovered {
+        sensor: String,
+    },
     /// Safe mode entered.
-    ClockUntrusted { build_date: DateTime<Utc> },
+    ClockUntrusted {
+        build_date: DateTime<Utc>,
+    },
     /// Safe mode left.
     ClockTrusted,
-    OverrideStarted { level_pct: u8, until: DateTime<Utc> },
-    OverrideEnded { cleared: bool },
+    OverrideStarted {
+        level_pct: u8,
+        until: DateTime<Utc>,
+    },
+    OverrideEnded {
+        cleared: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -236,7 +255,9 @@ impl Event {
             EventKind::SensorRecovered { sensor } => json!({"sensor": sensor, "failsafe": false}),
             EventKind::ClockUntrusted { build_date } => json!({"build_date": rfc3339(*build_date), "safe_mode": true}),
             EventKind::ClockTrusted => json!({"safe_mode": false}),
-            EventKind::OverrideStarted { level_pct, until } => json!({"level_pct": level_pct, "until": rfc3339(*until)}),
+            EventKind::OverrideStarted { level_pct, until } => {
+                json!({"level_pct": level_pct, "until": rfc3339(*until)})
+            }
             EventKind::OverrideEnded { cleared } => json!({"cleared": cleared}),
         };
         if let (Some(o), Value::Object(d)) = (v.as_object_mut(), details) {
@@ -305,7 +326,11 @@ pub enum Input {
 }
 
 fn add_s(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t.checked_add_signed(d).unwrap_or(if d < Duration::zero() { DateTime::<Utc>::MIN_UTC } else { DateTime::<Utc>::MAX_UTC })
+    t.checked_add_signed(d).unwrap_or(if d < Duration::zero() {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -523,13 +548,23 @@ impl Zone {
     }
 
     /// An uplink of `sensor` that is not a detection (keeps it from going silent).
-    pub fn sensor_heard(&mut self, now: DateTime<Utc>, sensor: &str, at: DateTime<Utc>) -> Result<Output, LightingError> {
+    pub fn sensor_heard(
+        &mut self,
+        now: DateTime<Utc>,
+        sensor: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Output, LightingError> {
         let i = self.sensor_index(sensor)?;
         Ok(self.step(now, |z, now, out| z.on_presence(i, now, at, false, out)))
     }
 
     /// `lighting.override`: every lamp at `level_pct` for `duration_s` (replaces a running override).
-    pub fn set_override(&mut self, now: DateTime<Utc>, level_pct: u8, duration_s: u64) -> Result<Output, LightingError> {
+    pub fn set_override(
+        &mut self,
+        now: DateTime<Utc>,
+        level_pct: u8,
+        duration_s: u64,
+    ) -> Result<Output, LightingError> {
         if level_pct > 100 {
             return Err(LightingError::InvalidLevel(level_pct));
         }
@@ -555,7 +590,8 @@ impl Zone {
 
     /// A lamp reported its level.
     pub fn lamp_ack(&mut self, now: DateTime<Utc>, lamp: &str, level_pct: u8) -> Result<Output, LightingError> {
-        let i = self.lamps.iter().position(|l| l.name == lamp).ok_or_else(|| LightingError::UnknownLamp(lamp.into()))?;
+        let i =
+            self.lamps.iter().position(|l| l.name == lamp).ok_or_else(|| LightingError::UnknownLamp(lamp.into()))?;
         Ok(self.step(now, |z, now, out| {
             let tracking = z.ack_timeout.is_some();
             let l = &mut z.lamps[i];
@@ -737,7 +773,9 @@ impl Zone {
         } else {
             (self.clock_safe_level, Reason::Failsafe)
         };
-        if trusted && self.failsafe_level > level && self.sensors.iter().any(|s| s.silent && self.covered(s.lamp).contains(&i))
+        if trusted
+            && self.failsafe_level > level
+            && self.sensors.iter().any(|s| s.silent && self.covered(s.lamp).contains(&i))
         {
             (level, reason) = (self.failsafe_level, Reason::Failsafe);
         }
@@ -769,7 +807,8 @@ impl Zone {
                         l.pending = None;
                         if !l.faulted {
                             l.faulted = true;
-                            let kind = EventKind::LampFault { lamp: l.name.clone(), level_pct: p.level, attempts: p.attempts };
+                            let kind =
+                                EventKind::LampFault { lamp: l.name.clone(), level_pct: p.level, attempts: p.attempts };
                             out.events.push(Event { zone: zone.clone(), at: now, kind });
                         }
                     }
@@ -793,7 +832,14 @@ impl Zone {
             l.pending = ack_timeout.map(|_| Pending { level, sent_at: now, attempts });
             l.sent = Some(level);
             l.sent_at = Some(now);
-            out.commands.push(LampCommand { zone, lamp: l.name.clone(), level_pct: level, reason, ramp_s, retry: !differs });
+            out.commands.push(LampCommand {
+                zone,
+                lamp: l.name.clone(),
+                level_pct: level,
+                reason,
+                ramp_s,
+                retry: !differs,
+            });
         }
         if changed {
             out.states.push(self.state(now));
@@ -839,7 +885,7 @@ impl Zone {
             }
         }
         consider(self.book.next_boundary());
-        if self.clock_trusted == Some(true) {
+        if self.clock_plausible(now) {
             consider(self.schedule.next_change_after(now));
         } else if now < self.build_date {
             consider(Some(self.build_date));
@@ -887,7 +933,10 @@ impl Lighting {
         let mut zones = Vec::new();
         for (i, p) in params.iter().enumerate() {
             if params[..i].iter().any(|o| o.name == p.name) {
-                problems.push(Problem { key: format!("lighting.zone[{i}].name"), message: format!("zone {:?} is defined twice", p.name) });
+                problems.push(Problem {
+                    key: format!("lighting.zone[{i}].name"),
+                    message: format!("zone {:?} is defined twice", p.name),
+                });
             }
             for (k, lamp) in p.lamps.iter().enumerate() {
                 if params[..i].iter().any(|o| o.lamps.iter().any(|l| l.device() == lamp.device())) {
@@ -900,7 +949,9 @@ impl Lighting {
             match Zone::from_params(p, site) {
                 Ok(z) => zones.push(z),
                 Err(e) => problems.extend(
-                    e.problems.into_iter().map(|q| Problem { key: format!("lighting.zone[{i}].{}", q.key), message: q.message }),
+                    e.problems
+                        .into_iter()
+                        .map(|q| Problem { key: format!("lighting.zone[{i}].{}", q.key), message: q.message }),
                 ),
             }
         }
@@ -960,7 +1011,12 @@ impl Lighting {
         self.for_sensor(sensor, |z| z.presence(now, sensor, at))
     }
 
-    pub fn sensor_heard(&mut self, now: DateTime<Utc>, sensor: &str, at: DateTime<Utc>) -> Result<Output, LightingError> {
+    pub fn sensor_heard(
+        &mut self,
+        now: DateTime<Utc>,
+        sensor: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Output, LightingError> {
         self.for_sensor(sensor, |z| z.sensor_heard(now, sensor, at))
     }
 
@@ -983,13 +1039,18 @@ impl Lighting {
     }
 
     pub fn lamp_ack(&mut self, now: DateTime<Utc>, lamp: &str, level_pct: u8) -> Result<Output, LightingError> {
-        let z = self.zones.iter_mut().find(|z| z.has_lamp(lamp)).ok_or_else(|| LightingError::UnknownLamp(lamp.into()))?;
+        let z =
+            self.zones.iter_mut().find(|z| z.has_lamp(lamp)).ok_or_else(|| LightingError::UnknownLamp(lamp.into()))?;
         z.lamp_ack(now, lamp, level_pct)
     }
 
     /// The earliest [`Zone::next_wakeup`] (at most [`MAX_WAKEUP_S`] ahead).
     pub fn next_wakeup(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        self.zones.iter().map(|z| z.next_wakeup(now)).min().unwrap_or_else(|| add_s(now, Duration::seconds(MAX_WAKEUP_S)))
+        self.zones
+            .iter()
+            .map(|z| z.next_wakeup(now))
+            .min()
+            .unwrap_or_else(|| add_s(now, Duration::seconds(MAX_WAKEUP_S)))
     }
 
     /// Every zone's retained state (e.g. to republish after a reconnect).

@@ -304,7 +304,9 @@ impl Default for ZoneParams {
 
 /// A name that appears in MQTT topics: `[A-Za-z0-9_.-]{1,64}`.
 pub(crate) fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
 /// `HH:MM` as minutes after midnight; `24:00` only when `allow_24`.

@@ -6,7 +6,7 @@
 //! Local times that do not exist (the spring-forward gap) mean the first instant after the gap; local times
 //! that exist twice (fall back) mean the first of the two.
 
-use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, Offset, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 use sunrise::{Coordinates, SolarDay, SolarEvent};
 
@@ -51,7 +51,7 @@ pub struct Schedule {
     periods: Vec<Period>,
 }
 
-/// Years the astronomical clock is computed for; outside them the clock is untrusted anyway.
+/// Years the schedule is evaluated for (outside them: off); the zone's clock check is stricter anyway.
 const ASTRO_YEARS: std::ops::RangeInclusive<i32> = 1900..=2200;
 
 impl Schedule {
@@ -93,8 +93,10 @@ impl Schedule {
         self.tz
     }
 
-    pub(crate) fn local_date(&self, t: DateTime<Utc>) -> NaiveDate {
-        t.with_timezone(&self.tz).date_naive()
+    /// The local calendar date of `t` (None only at the very ends of chrono's range).
+    pub(crate) fn local_date(&self, t: DateTime<Utc>) -> Option<NaiveDate> {
+        let offset = self.tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+        t.naive_utc().checked_add_offset(offset).map(|n| n.date())
     }
 
     /// The UTC instant of a local date and minute of day (1440 = midnight ending the day).
@@ -135,6 +137,9 @@ impl Schedule {
 
     /// The lit (dark) interval of the night that begins on local date `date`.
     pub fn dark_interval(&self, date: NaiveDate) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        if !ASTRO_YEARS.contains(&date.year()) {
+            return None;
+        }
         let next = date.succ_opt()?;
         match (self.sun_event(date, true), self.sun_event(next, false)) {
             (Some(set), Some(rise)) => {
@@ -148,8 +153,11 @@ impl Schedule {
     }
 
     fn dark_at(&self, t: DateTime<Utc>) -> bool {
-        let d = self.local_date(t);
-        [d.pred_opt(), Some(d)].into_iter().flatten().any(|d| self.dark_interval(d).is_some_and(|(a, b)| a <= t && t < b))
+        let Some(d) = self.local_date(t) else { return false };
+        [d.pred_opt(), Some(d)]
+            .into_iter()
+            .flatten()
+            .any(|d| self.dark_interval(d).is_some_and(|(a, b)| a <= t && t < b))
     }
 
     fn period_interval(&self, p: &Period, d: NaiveDate) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
@@ -157,12 +165,16 @@ impl Schedule {
             return None;
         }
         let start = self.local_instant(d, p.from_min)?;
-        let end = if p.to_min > p.from_min { self.local_instant(d, p.to_min)? } else { self.local_instant(d.succ_opt()?, p.to_min)? };
+        let end = if p.to_min > p.from_min {
+            self.local_instant(d, p.to_min)?
+        } else {
+            self.local_instant(d.succ_opt()?, p.to_min)?
+        };
         (start < end).then_some((start, end))
     }
 
     fn period_at(&self, t: DateTime<Utc>) -> Option<&Period> {
-        let d = self.local_date(t);
+        let d = self.local_date(t)?;
         let mut best: Option<&Period> = None;
         for p in &self.periods {
             let hit = [d.pred_opt(), Some(d)]
@@ -178,6 +190,9 @@ impl Schedule {
 
     /// The schedule's level at `t`.
     pub fn level_at(&self, t: DateTime<Utc>) -> ScheduleLevel {
+        if !ASTRO_YEARS.contains(&t.year()) {
+            return ScheduleLevel::Off;
+        }
         let period = self.period_at(t);
         match period {
             Some(p) if p.level == 0 => ScheduleLevel::Off,
@@ -189,7 +204,10 @@ impl Schedule {
 
     /// The first instant after `t` at which the schedule's level may change.
     pub fn next_change_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let d = self.local_date(t);
+        if !ASTRO_YEARS.contains(&t.year()) {
+            return None;
+        }
+        let d = self.local_date(t)?;
         let mut days = vec![d];
         let mut x = d;
         for _ in 0..2 {

@@ -28,6 +28,8 @@ pub enum Expect {
     Number,
     /// A decimal number, or an error reply taken as "not supported" (older firmware).
     NumberOrError,
+    /// `OK`, or an error reply that is fine too (stopping a receiver that was not running).
+    OkOrError,
 }
 
 /// Where a numeric answer goes.
@@ -82,6 +84,7 @@ pub enum Verdict {
 pub fn judge(expect: Expect, line: &Line) -> Verdict {
     match (expect, line) {
         (Expect::Ok, Line::Ok) => Verdict::Done(None),
+        (Expect::OkOrError, Line::Ok | Line::Error(_)) => Verdict::Done(None),
         (Expect::NumberOrError, Line::Error(_)) => Verdict::Done(None),
         (_, Line::Error(e)) => Verdict::Rejected(e.clone()),
         (Expect::Prefix(p), Line::Other(s)) if s.starts_with(p) => Verdict::Done(None),
@@ -96,10 +99,10 @@ pub fn judge(expect: Expect, line: &Line) -> Verdict {
 /// Lower-case hex to bytes; None unless an even number of hex digits.
 pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() {
         return None;
     }
-    hex::decode(s).ok()
+    hex::decode(s).ok() // refuses an odd number of digits
 }
 
 #[cfg(test)]

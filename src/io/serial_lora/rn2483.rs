@@ -50,9 +50,9 @@ pub fn classify(line: &str) -> Line {
 pub fn init_steps(s: &RadioSettings) -> Vec<Step> {
     vec![
         Step::expect("sys get ver", Expect::Prefix("RN2")).attempts(3),
-        // Stop a receive left running from before (answers ok even when idle).
-        Step::ok("radio rxstop"),
         Step::expect("mac pause", Expect::Number),
+        // Stop a receive left running from before (whatever it answers when idle).
+        Step::expect("radio rxstop", Expect::OkOrError),
         Step::ok("radio set mod lora"),
         Step::ok(format!("radio set freq {}", s.freq_hz)),
         Step::ok(format!("radio set sf sf{}", s.sf)),

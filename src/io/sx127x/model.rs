@@ -329,9 +329,9 @@ impl Chip {
         let Some(&first) = write.first() else { return };
         let is_write = first & SPI_WRITE != 0;
         let mut addr = first & 0x7F;
-        for i in 1..write.len() {
+        for (i, &byte) in write.iter().enumerate().skip(1) {
             if is_write {
-                self.write(addr, write[i]);
+                self.write(addr, byte);
                 if let Some(r) = read.get_mut(i) {
                     *r = 0;
                 }

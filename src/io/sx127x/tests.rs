@@ -54,6 +54,18 @@ impl Rig {
         panic!("timed out waiting for {what}: {:?}", self.status.snapshot());
     }
 
+    /// Until the driver has read and cleared the IRQ flags (a real chip needs airtime between two
+    /// packets anyway).
+    async fn serviced(&self) {
+        for _ in 0..400 {
+            if self.model.register(regs::REG_IRQ_FLAGS) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("IRQ flags never cleared: {:#x}", self.model.register(regs::REG_IRQ_FLAGS));
+    }
+
     async fn listening(&self) {
         assert!(self.model.wait_listening(Duration::from_secs(2)).await, "chip never listening");
         self.wait("up", |s| s.state == SourceState::Up).await;
@@ -116,8 +128,11 @@ async fn crc_and_header_errors_are_dropped_and_counted() {
     let mut rig = start(Sx127xModel::new(), fast_cfg());
     rig.listening().await;
     assert!(rig.model.inject_crc_error(&[0x40, 0xDE, 0xAD]));
+    rig.serviced().await;
     assert!(rig.model.inject_header_error());
+    rig.serviced().await;
     assert!(rig.model.inject_rx_without_crc(&[0x40, 0x01]));
+    rig.serviced().await;
     assert!(rig.model.inject_rx(&[0x40, 0x42], -70.0, 8.0));
     let f = rig.next_frame().await;
     assert_eq!(f.phy, vec![0x40, 0x42], "only the good frame comes through");
