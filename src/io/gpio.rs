@@ -120,7 +120,7 @@ pub struct RelayConfig {
 }
 
 /// A PWM output: a hardware channel (`channel`, 0..=3, /sys/class/pwm) or software PWM on a pin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PwmConfig {
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -131,14 +131,14 @@ pub struct PwmConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<u8>,
     #[serde(default = "default_pwm_hz")]
-    pub frequency_hz: f64,
+    pub frequency_hz: u32,
     /// Output inverted (duty 1.0 = always low).
     #[serde(default)]
     pub invert: bool,
 }
 
-fn default_pwm_hz() -> f64 {
-    1_000.0
+fn default_pwm_hz() -> u32 {
+    1_000
 }
 
 impl PwmConfig {
@@ -150,7 +150,7 @@ impl PwmConfig {
             (Some(c), None) if c > 3 => errs.push(format!("channel: {c} (0..=3)")),
             _ => {}
         }
-        if !(self.frequency_hz > 0.0 && self.frequency_hz <= 1_000_000.0) {
+        if !(1..=1_000_000).contains(&self.frequency_hz) {
             errs.push(format!("frequency_hz: {} (0 < f <= 1 MHz)", self.frequency_hz));
         }
         errs
@@ -253,16 +253,22 @@ pub fn open_pwm(cfg: &PwmConfig) -> Result<Dimmer<RppalPwm>, GpioError> {
     let out = match (cfg.channel, cfg.pin) {
         (Some(c), _) => {
             let channel = rppal::pwm::Channel::try_from(c).map_err(|e| GpioError::Pwm(e.to_string()))?;
-            let pwm = rppal::pwm::Pwm::with_frequency(channel, cfg.frequency_hz, 0.0, rppal::pwm::Polarity::Normal, true)
-                .map_err(|e| match e {
-                    rppal::pwm::Error::UnknownModel => GpioError::NotAPi,
-                    other => GpioError::Pwm(format!("channel {c}: {other} (enable dtoverlay=pwm)")),
-                })?;
+            let pwm = rppal::pwm::Pwm::with_frequency(
+                channel,
+                f64::from(cfg.frequency_hz),
+                0.0,
+                rppal::pwm::Polarity::Normal,
+                true,
+            )
+            .map_err(|e| match e {
+                rppal::pwm::Error::UnknownModel => GpioError::NotAPi,
+                other => GpioError::Pwm(format!("channel {c}: {other} (enable dtoverlay=pwm)")),
+            })?;
             RppalPwm::Hardware(pwm)
         }
         (None, Some(p)) => {
             let pin = gpio.get(p).map_err(|e| map_gpio(Some(p), e))?.into_output_low();
-            RppalPwm::Software { pin, frequency_hz: cfg.frequency_hz }
+            RppalPwm::Software { pin, frequency_hz: f64::from(cfg.frequency_hz) }
         }
         (None, None) => return Err(GpioError::Pwm("channel or pin required".into())),
     };
@@ -735,11 +741,12 @@ mod tests {
     #[test]
     fn config_keys() {
         let p: PresenceInputConfig =
-            toml::from_str("name = \"pir-3\"\npin = 23\npull = \"up\"\nactive_low = true\ndebounce_ms = 80").expect("ok");
+            toml::from_str("name = \"pir-3\"\npin = 23\npull = \"up\"\nactive_low = true\ndebounce_ms = 80")
+                .expect("ok");
         assert_eq!((p.pin, p.pull, p.active_low, p.debounce_ms), (23, Pull::Up, true, 80));
         let r: RelayConfig = toml::from_str("pin = 5\nactive_low = true").expect("ok");
         assert!(r.active_low);
-        let w: PwmConfig = toml::from_str("channel = 0\nfrequency_hz = 500.0").expect("ok");
+        let w: PwmConfig = toml::from_str("channel = 0\nfrequency_hz = 500").expect("ok");
         assert!(w.validate().is_empty());
         let both: PwmConfig = toml::from_str("channel = 0\npin = 18").expect("ok");
         assert_eq!(both.validate().len(), 1);
@@ -748,17 +755,19 @@ mod tests {
 
     #[test]
     fn not_a_pi_is_a_clear_error() {
-        let is_pi = std::fs::read_to_string("/proc/device-tree/model").map(|m| m.contains("Raspberry")).unwrap_or(false);
+        let is_pi =
+            std::fs::read_to_string("/proc/device-tree/model").map(|m| m.contains("Raspberry")).unwrap_or(false);
         if is_pi {
             return;
         }
         let e = gpio_available().expect_err("not a Pi");
         assert_eq!(e.to_string(), NOT_A_PI);
-        let cfg = PresenceInputConfig { name: "pir".into(), pin: 23, pull: Pull::None, active_low: false, debounce_ms: 50 };
+        let cfg =
+            PresenceInputConfig { name: "pir".into(), pin: 23, pull: Pull::None, active_low: false, debounce_ms: 50 };
         assert_eq!(open_input(&cfg).err().map(|e| e.to_string()).as_deref(), Some(NOT_A_PI));
         let relay = RelayConfig { name: String::new(), pin: 5, active_low: false };
         assert_eq!(open_relay(&relay).err().map(|e| e.to_string()).as_deref(), Some(NOT_A_PI));
-        let pwm = PwmConfig { name: String::new(), channel: Some(0), pin: None, frequency_hz: 1000.0, invert: false };
+        let pwm = PwmConfig { name: String::new(), channel: Some(0), pin: None, frequency_hz: 1000, invert: false };
         assert_eq!(open_pwm(&pwm).err().map(|e| e.to_string()).as_deref(), Some(NOT_A_PI));
     }
 
@@ -769,7 +778,8 @@ mod tests {
     #[tokio::test]
     async fn presence_edges_are_debounced_and_reported() {
         let input = FakeInput::new(23, true); // active-low sensor, idle high = nobody
-        let cfg = PresenceInputConfig { name: "pir-3".into(), pin: 23, pull: Pull::Up, active_low: true, debounce_ms: 30 };
+        let cfg =
+            PresenceInputConfig { name: "pir-3".into(), pin: 23, pull: Pull::Up, active_low: true, debounce_ms: 30 };
         let (out, mut rx) = mpsc::channel(16);
         let status = SourceStatus::new("pir-3", "gpio");
         let (stop, shutdown) = watch::channel(false);

@@ -13,8 +13,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
 
 use crate::config::{self, Activation};
-use crate::io::gwmp::packet::{build_push_data, RxPkOut};
+use base64::Engine;
+
+use crate::io::gwmp::packet::{self, build_push_data, Packet, RxPkOut};
 use crate::keys::Eui64;
+use crate::sim::frames;
 use crate::sim::{payloads, SimDevice};
 
 pub struct SimulateArgs {
@@ -50,6 +53,7 @@ pub fn make_devices(path: &Path, n: u32, profile: &str) -> anyhow::Result<()> {
 pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
     let configs = config::load_devices(&args.devices).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut devices = Vec::new();
+    let mut otaa = Vec::new();
     for d in &configs {
         match d.activation() {
             Ok(Activation::Abp { dev_addr, nwk_s_key, app_s_key }) => devices.push(SimDevice {
@@ -61,36 +65,102 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
                 f_cnt: args.fcnt_start,
                 f_port: 85,
             }),
-            Ok(Activation::Otaa { .. }) => eprintln!("simulate: {}: OTAA devices are skipped", d.name),
+            Ok(Activation::Otaa { dev_eui, join_eui, app_key }) => otaa.push((d.clone(), dev_eui, join_eui, app_key)),
             Err(e) => anyhow::bail!("{}: {e}", d.name),
         }
     }
-    anyhow::ensure!(!devices.is_empty(), "no ABP devices in {}", args.devices.display());
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
 
     let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.context("binding the simulator's socket")?);
     let sent_at: Arc<Mutex<HashMap<u16, Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let eui = Eui64(0xaa55_5a00_0000_5151);
+    let (accepts_tx, mut accepts) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let receiver = {
         let (socket, sent_at, latencies) = (socket.clone(), sent_at.clone(), latencies.clone());
         tokio::spawn(async move {
-            let mut buf = [0u8; 64];
-            while let Ok((n, _)) = socket.recv_from(&mut buf).await {
-                if n == 4 && buf[3] == 0x01 {
-                    let token = u16::from_le_bytes([buf[1], buf[2]]);
-                    if let Some(t) = sent_at.lock().await.remove(&token) {
-                        latencies.lock().await.push(t.elapsed().as_micros() as u64);
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let Some(d) = buf.get(..n) else { continue };
+                match packet::parse(d) {
+                    Ok(Packet::PushAck { token, .. }) => {
+                        if let Some(t) = sent_at.lock().await.remove(&u16::from_le_bytes(token)) {
+                            latencies.lock().await.push(t.elapsed().as_micros() as u64);
+                        }
                     }
+                    Ok(Packet::PullResp { token, json, .. }) => {
+                        // Like a real forwarder: acknowledge the downlink, hand the frame to the devices.
+                        let mut ack = vec![2, token[0], token[1], packet::TX_ACK];
+                        ack.extend_from_slice(&eui.0.to_be_bytes());
+                        let _ = socket.send_to(&ack, from).await;
+                        if let Some(b) = json["txpk"]["data"]
+                            .as_str()
+                            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                        {
+                            let _ = accepts_tx.try_send(b);
+                        }
+                    }
+                    _ => {}
                 }
             }
         })
     };
+    // PULL_DATA tells the gateway where to send downlinks (join accepts).
+    socket.send_to(&packet::build_pull_data(2, [0, 0], eui), args.gwmp).await?;
+    let mut token = 0u16;
+    let mut tmst = 1_000_000u32;
+    for (d, dev_eui, join_eui, app_key) in otaa {
+        let mut joined = None;
+        for attempt in 0..3u16 {
+            // DevNonce: fresh per attempt and per run (a gateway refuses nonces it has seen).
+            let nonce = (args.fcnt_start as u16)
+                .wrapping_mul(7)
+                .wrapping_add(attempt)
+                .wrapping_add(rand::random::<u16>() & 0x0fff);
+            token = token.wrapping_add(1);
+            tmst = tmst.wrapping_add(1_000_000);
+            let rx = RxPkOut {
+                tmst,
+                freq_hz: 868_100_000,
+                sf: 7,
+                bw_khz: 125,
+                rssi: -70,
+                lsnr: 8.0,
+                data: frames::build_join_request(join_eui, dev_eui, &app_key, nonce),
+            };
+            socket.send_to(&build_push_data(2, token.to_le_bytes(), eui, &[rx]), args.gwmp).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+            while let Ok(Some(phy)) = tokio::time::timeout_at(deadline, accepts.recv()).await {
+                if let Ok(s) = frames::open_join_accept(&phy, &app_key, nonce) {
+                    joined = Some(s);
+                    break;
+                }
+            }
+            if joined.is_some() {
+                break;
+            }
+        }
+        match joined {
+            Some(s) => {
+                eprintln!("simulate: {} joined as {}", d.name, s.dev_addr);
+                devices.push(SimDevice {
+                    name: d.name.clone(),
+                    profile: d.profile.clone(),
+                    dev_addr: s.dev_addr,
+                    nwk_s_key: s.nwk_s_key,
+                    app_s_key: s.app_s_key,
+                    f_cnt: 0,
+                    f_port: 85,
+                });
+            }
+            None => eprintln!("simulate: {} could not join (no join accept)", d.name),
+        }
+    }
+    anyhow::ensure!(!devices.is_empty(), "no device to simulate in {}", args.devices.display());
 
-    let eui = Eui64(0xaa55_5a00_0000_5151);
     let start = Instant::now();
     let total = (args.rate * args.seconds).round() as u64;
     let mut sent = 0u64;
-    let mut token = 0u16;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     while sent < total {
         tick.tick().await;

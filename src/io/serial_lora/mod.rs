@@ -547,7 +547,12 @@ async fn session(
 }
 
 /// Frames and reception errors seen while a sequence ran. True when the consumer is gone.
-fn deliver_outcome(cfg: &SerialLoraConfig, o: StepsOutcome, out: &mpsc::Sender<RadioFrame>, status: &SourceStatus) -> bool {
+fn deliver_outcome(
+    cfg: &SerialLoraConfig,
+    o: StepsOutcome,
+    out: &mpsc::Sender<RadioFrame>,
+    status: &SourceStatus,
+) -> bool {
     for _ in o.rx_errors {
         status.crc_error();
     }

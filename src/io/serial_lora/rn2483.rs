@@ -99,7 +99,10 @@ mod tests {
         assert!(matches!(classify("radio_rx  4"), Line::RxError(_)));
         assert!(matches!(classify("radio_err"), Line::RxError(_)));
         assert_eq!(classify("4294967245"), Line::Other("4294967245".into()));
-        assert_eq!(classify("RN2483 1.0.5 Oct 31 2018 15:06:52"), Line::Other("RN2483 1.0.5 Oct 31 2018 15:06:52".into()));
+        assert_eq!(
+            classify("RN2483 1.0.5 Oct 31 2018 15:06:52"),
+            Line::Other("RN2483 1.0.5 Oct 31 2018 15:06:52".into())
+        );
     }
 
     #[test]

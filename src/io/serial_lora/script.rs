@@ -81,8 +81,8 @@ impl ScriptedModule {
         termios::cfmakeraw(&mut t);
         termios::tcsetattr(&pty.slave, termios::SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;
         let slave_path = nix::unistd::ttyname(&pty.slave).map_err(std::io::Error::from)?;
-        let flags = nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
-            .map_err(std::io::Error::from)?;
+        let flags =
+            nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
             .map_err(std::io::Error::from)?;

@@ -79,7 +79,8 @@ async fn rak3172_delivers_frames() {
     let mut rig = start(fast_cfg(&path, ModuleKind::Rak3172));
     listening(&m, &rig).await;
     let cmds = m.commands();
-    for expected in ["AT+NWM=0", "AT+P2P=868100000:7:125:0:8:14", "AT+SYNCWORD=3444", "AT+IQINVER=0", "AT+PRECV=65534"] {
+    for expected in ["AT+NWM=0", "AT+P2P=868100000:7:125:0:8:14", "AT+SYNCWORD=3444", "AT+IQINVER=0", "AT+PRECV=65534"]
+    {
         assert!(cmds.iter().any(|c| c == expected), "{expected} missing from {cmds:?}");
     }
     assert!(m.inject_frame(&[0x40, 1, 2, 3, 4], -36, 9));

@@ -161,7 +161,10 @@ impl<B: SpiBus> Sx127x<B> {
     /// Frequency, modulation, preamble and IQ polarity. Call in Standby (or Sleep).
     fn configure(&mut self, p: &ModemParams) -> Result<(), Sx127xError> {
         let m = modem_regs(p.freq_hz, p.sf, p.bw_khz, p.cr, p.crc).ok_or_else(|| {
-            Sx127xError::Params(format!("SF{} BW{} kHz CR 4/{} (need SF7-12, 125/250/500 kHz, 4/5-4/8)", p.sf, p.bw_khz, p.cr))
+            Sx127xError::Params(format!(
+                "SF{} BW{} kHz CR 4/{} (need SF7-12, 125/250/500 kHz, 4/5-4/8)",
+                p.sf, p.bw_khz, p.cr
+            ))
         })?;
         let low_freq = p.freq_hz < LF_HF_THRESHOLD_HZ;
         if low_freq != self.low_freq {

@@ -36,7 +36,7 @@ pub use status::{Backoff, SourceState, SourceStatus, StatusSnapshot};
 
 /// `[[source]] type = "sx127x"`. Every pin is configurable; defaults fit the Dragino/Uputronics-style
 /// HATs (SPI0 CE0, NRESET on BCM 17, DIO0 on BCM 4) and EU868 channel 0 at SF7BW125.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Sx127xConfig {
     /// Source name in status and metrics.
@@ -439,10 +439,7 @@ async fn transmit<B: SpiBus>(
         || phy.is_empty()
         || phy.len() > 255
     {
-        reply(Err(TxError::Invalid(format!(
-            "{} bytes at {freq_hz} Hz SF{sf} BW{bw_khz} CR 4/{cr}",
-            phy.len()
-        ))));
+        reply(Err(TxError::Invalid(format!("{} bytes at {freq_hz} Hz SF{sf} BW{bw_khz} CR 4/{cr}", phy.len()))));
         return Ok(());
     }
     let airtime_us = regs::time_on_air_us(phy.len(), sf, bw_khz, cr, cfg.preamble_len, false);

@@ -35,7 +35,14 @@ pub struct Air {
 impl Default for Air {
     /// EU868 channel 0, SF7BW125, LoRaWAN public sync word, normal IQ, CRC on: a typical uplink.
     fn default() -> Self {
-        Air { freq_hz: 868_100_000, sf: 7, bw_khz: 125, sync_word: SYNC_WORD_LORAWAN_PUBLIC, iq_inverted: false, crc: true }
+        Air {
+            freq_hz: 868_100_000,
+            sf: 7,
+            bw_khz: 125,
+            sync_word: SYNC_WORD_LORAWAN_PUBLIC,
+            iq_inverted: false,
+            crc: true,
+        }
     }
 }
 
@@ -46,8 +53,13 @@ pub enum Missed {
     Dead,
     /// Not in LoRa RX mode (RegOpMode shown).
     NotListening(u8),
-    WrongFrequency { listening_hz: u64 },
-    WrongModulation { sf: u8, bw_khz: Option<u32> },
+    WrongFrequency {
+        listening_hz: u64,
+    },
+    WrongModulation {
+        sf: u8,
+        bw_khz: Option<u32>,
+    },
     WrongSyncWord(u8),
     WrongIq,
 }
@@ -345,7 +357,14 @@ impl Chip {
         }
     }
 
-    fn receive(&mut self, air: &Air, phy: &[u8], rssi_dbm: f64, snr_db: f64, corrupt: Corruption) -> Result<(), Missed> {
+    fn receive(
+        &mut self,
+        air: &Air,
+        phy: &[u8],
+        rssi_dbm: f64,
+        snr_db: f64,
+        corrupt: Corruption,
+    ) -> Result<(), Missed> {
         if !self.alive() {
             return Err(Missed::Dead);
         }

@@ -222,7 +222,12 @@ pub fn modem_regs(freq_hz: u64, sf: u8, bw_khz: u32, cr: u8, crc: bool) -> Optio
     if low_data_rate_optimize(sf, bw_khz) {
         mc3 |= MC3_LOW_DATA_RATE_OPTIMIZE;
     }
-    Some(ModemRegs { frf: frf_from_hz(freq_hz), modem_config1: (bw << 4) | (cr << 1), modem_config2: mc2, modem_config3: mc3 })
+    Some(ModemRegs {
+        frf: frf_from_hz(freq_hz),
+        modem_config1: (bw << 4) | (cr << 1),
+        modem_config2: mc2,
+        modem_config3: mc3,
+    })
 }
 
 /// RegPaConfig, RegPaDac and RegOcp for an output power. PA_BOOST (RFM95/96 modules): 2..=17 dBm,

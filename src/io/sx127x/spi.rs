@@ -165,9 +165,8 @@ pub fn open_rppal(w: &RppalWiring) -> Result<(RppalSpi, RppalPins), HwError> {
         cs: w.spi_cs,
         detail: "no such chip select (0..=15)".into(),
     })?;
-    let spi = rppal::spi::Spi::new(bus, cs, w.spi_clock_hz, rppal::spi::Mode::Mode0).map_err(|e| {
-        HwError::SpiUnavailable { bus: w.spi_bus, cs: w.spi_cs, detail: e.to_string() }
-    })?;
+    let spi = rppal::spi::Spi::new(bus, cs, w.spi_clock_hz, rppal::spi::Mode::Mode0)
+        .map_err(|e| HwError::SpiUnavailable { bus: w.spi_bus, cs: w.spi_cs, detail: e.to_string() })?;
     let reset = match w.reset_pin {
         Some(n) => {
             let pin = gpio.get(n).map_err(|e| gpio_error(n, e))?;
