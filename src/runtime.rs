@@ -18,7 +18,9 @@ use tokio::task::JoinSet;
 use crate::config::{Activation, Config, SourceConfig};
 use crate::ingest::RadioFrame;
 use crate::io::gwmp::packet::TxPk;
-use crate::io::{gwmp, mqtt};
+use crate::io::sml::MeterSample;
+use crate::io::status::SourceStatus;
+use crate::io::{gwmp, mqtt, serial_lora, sml, sx127x};
 use crate::keys::Eui64;
 use crate::lorawan::downlink::{DeviceClass, QueueConfig};
 use crate::lorawan::join::{JoinConfig, NetId};
@@ -29,10 +31,18 @@ use crate::ops::counters::Counters;
 use crate::reading::rfc3339;
 use crate::store::{Batch, Record, Store, StoredSession};
 
-/// Frames from one source datagram; `done` says whether they are on disk.
+/// Frames from one source datagram (or meter samples); `done` says whether they are on disk.
 pub struct IngestRequest {
     pub frames: Vec<RadioFrame>,
+    pub meter: Vec<MeterSample>,
     pub done: oneshot::Sender<bool>,
+}
+
+/// Replacements for hardware this machine lacks (tests, the demo): an SX127x register model per
+/// source name instead of rppal.
+#[derive(Default, Clone)]
+pub struct Hardware {
+    pub sx127x: std::collections::HashMap<String, crate::io::sx127x::Sx127xModel>,
 }
 
 /// Requests to the network server from the rest of the daemon.
@@ -73,12 +83,18 @@ pub struct Daemon {
     pub counters: Arc<Counters>,
     pub store: Store,
     pub control: mpsc::Sender<Control>,
+    pub sources: Vec<Arc<SourceStatus>>,
 }
 
 impl Daemon {
     /// Opens the store, binds the sources and starts every task. Errors here are start-up errors
     /// (store cannot be opened, address in use, ...).
     pub async fn start(config: &Config) -> anyhow::Result<Daemon> {
+        Self::start_with(config, Hardware::default()).await
+    }
+
+    /// [`Daemon::start`] with hardware replaced (register models instead of rppal).
+    pub async fn start_with(config: &Config, hardware: Hardware) -> anyhow::Result<Daemon> {
         let data_dir = &config.resolve_path(&config.gateway.data_dir);
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
         restrict_permissions(data_dir);
@@ -94,15 +110,18 @@ impl Daemon {
 
         let mut gwmp_addrs = Vec::new();
         let mut downlink_txs = Vec::new();
+        let mut sources = Vec::new();
         for (i, source) in config.source.iter().enumerate() {
             let (dl_tx, dl_rx) = mpsc::channel::<SourceDownlink>(256);
             downlink_txs.push(dl_tx);
+            let status = SourceStatus::new(source.name(), source.kind());
+            sources.push(status.clone());
             match source {
                 SourceConfig::Gwmp(g) => {
                     let socket = gwmp::bind(g.bind).await?;
                     let addr = socket.local_addr()?;
-                    let name = if g.name.is_empty() { format!("gwmp-{i}") } else { g.name.clone() };
-                    tracing::info!(source = %name, %addr, "packet-forwarder source listening");
+                    tracing::info!(source = %g.name, %addr, "packet-forwarder source listening");
+                    status.set_up();
                     gwmp_addrs.push(addr);
                     let wiring = gwmp::Wiring {
                         pipeline: tx.clone(),
@@ -111,15 +130,42 @@ impl Daemon {
                         counters: counters.clone(),
                         shutdown: shutdown_rx.clone(),
                     };
-                    tasks.spawn(gwmp::run(name, i, socket, wiring));
+                    tasks.spawn(gwmp::run(g.name.clone(), i, socket, wiring));
                 }
-                other => {
-                    tracing::warn!(source = other.name(), kind = other.kind(), "source type not supported yet; ignored")
+                SourceConfig::Sx127x(c) => {
+                    let (frames_tx, frames_rx) = mpsc::channel::<RadioFrame>(256);
+                    let (txreq_tx, txreq_rx) = mpsc::channel::<sx127x::TxRequest>(64);
+                    tasks.spawn(forward_frames(i, frames_rx, tx.clone()));
+                    tasks.spawn(forward_downlinks_to_chip(dl_rx, txreq_tx));
+                    let (cfg, rx) = (c.clone(), shutdown_rx.clone());
+                    match hardware.sx127x.get(&c.name) {
+                        Some(model) => {
+                            tasks.spawn(sx127x::run_sx127x(cfg, model.factory(), frames_tx, txreq_rx, status, rx));
+                        }
+                        None => {
+                            let wiring = c.wiring();
+                            let factory = move || sx127x::spi::open_rppal(&wiring);
+                            tasks.spawn(sx127x::run_sx127x(cfg, factory, frames_tx, txreq_rx, status, rx));
+                        }
+                    }
+                }
+                SourceConfig::SerialLora(c) => {
+                    let (frames_tx, frames_rx) = mpsc::channel::<RadioFrame>(256);
+                    tasks.spawn(forward_frames(i, frames_rx, tx.clone()));
+                    tasks.spawn(drop_downlinks(c.name.clone(), dl_rx, counters.clone()));
+                    tasks.spawn(serial_lora::run_serial_lora(c.clone(), frames_tx, status, shutdown_rx.clone()));
+                }
+                SourceConfig::Sml(c) => {
+                    let (samples_tx, samples_rx) = mpsc::channel::<MeterSample>(64);
+                    tasks.spawn(forward_samples(samples_rx, tx.clone()));
+                    tasks.spawn(drop_downlinks(c.name.clone(), dl_rx, counters.clone()));
+                    tasks.spawn(sml::run(c.clone(), samples_tx, status, shutdown_rx.clone()));
                 }
             }
         }
         drop(tx);
         let pipeline = Pipeline {
+            gateway_id: config.gateway.id.clone(),
             ns,
             store: store.clone(),
             journaled: journaled.clone(),
@@ -136,7 +182,7 @@ impl Daemon {
                 tracing::error!(error = %e, "uplink stopped");
             }
         });
-        Ok(Daemon { shutdown, tasks, gwmp_addrs, counters, store, control: control_tx })
+        Ok(Daemon { shutdown, tasks, gwmp_addrs, counters, store, control: control_tx, sources })
     }
 
     /// Queues a downlink for a device; returns its id.
@@ -165,6 +211,45 @@ impl Daemon {
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
+    }
+}
+
+/// Frames from a local radio (SX127x, serial module) into the pipeline. Nothing outside waits for an
+/// acknowledgement here, but the frames are journaled the same way.
+async fn forward_frames(source: usize, mut rx: mpsc::Receiver<RadioFrame>, pipeline: mpsc::Sender<IngestRequest>) {
+    while let Some(mut frame) = rx.recv().await {
+        frame.origin.source = source;
+        let (done, _) = oneshot::channel();
+        if pipeline.send(IngestRequest { frames: vec![frame], meter: vec![], done }).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn forward_samples(mut rx: mpsc::Receiver<MeterSample>, pipeline: mpsc::Sender<IngestRequest>) {
+    while let Some(sample) = rx.recv().await {
+        let (done, _) = oneshot::channel();
+        if pipeline.send(IngestRequest { frames: vec![], meter: vec![sample], done }).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Downlinks for a source with an SX127x: sent by the same chip (class C on RX2 parameters).
+async fn forward_downlinks_to_chip(mut rx: mpsc::Receiver<SourceDownlink>, chip: mpsc::Sender<sx127x::TxRequest>) {
+    while let Some(d) = rx.recv().await {
+        let t = &d.txpk;
+        if chip.send(sx127x::TxRequest::downlink(t.data.clone(), t.freq_hz, t.sf, t.bw_khz)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Sources that cannot transmit: a downlink routed to them is counted and dropped.
+async fn drop_downlinks(name: String, mut rx: mpsc::Receiver<SourceDownlink>, counters: Arc<Counters>) {
+    while let Some(d) = rx.recv().await {
+        Counters::inc(&counters.downlinks_failed);
+        tracing::warn!(source = %name, device = %d.device, "this source cannot transmit: downlink dropped");
     }
 }
 
@@ -284,6 +369,7 @@ fn now_ms() -> u64 {
 
 /// The pipeline task: the shell around the pure network server, and its only owner.
 struct Pipeline {
+    gateway_id: String,
     ns: NetworkServer,
     store: Store,
     journaled: Arc<Notify>,
@@ -325,6 +411,29 @@ impl Pipeline {
         let mut all = Output::default();
         let mut readings = 0u64;
         for req in &group {
+            for sample in &req.meter {
+                Counters::inc(&self.counters.meter_samples);
+                if self.publish_readings {
+                    let reading = crate::reading::Reading {
+                        seq: self.store.allocate_seq(),
+                        gateway: self.gateway_id.clone(),
+                        device: sample.device.clone(),
+                        profile: "sml".into(),
+                        at: rfc3339(sample.at),
+                        metrics: sample.metrics.clone(),
+                        lorawan: None,
+                        error: None,
+                        warnings: vec![],
+                        errors: vec![],
+                    };
+                    batch.push_record(Record {
+                        seq: reading.seq,
+                        topic_suffix: reading.topic_suffix(),
+                        payload: reading.to_json(),
+                    });
+                    readings += 1;
+                }
+            }
             for frame in &req.frames {
                 let (outcome, out) = self.ns.handle_frame(now, now_ms, frame);
                 match outcome {

@@ -333,16 +333,23 @@ pub struct OpsKey {
 pub enum SourceConfig {
     Gwmp(GwmpSource),
     Sml(SmlSource),
+    /// An SX1276/77/78/79 on the gateway's SPI bus.
+    Sx127x(crate::io::sx127x::Sx127xConfig),
+    /// A serial LoRa module (RAK3172 or RN2483) in P2P receive mode.
+    #[serde(rename = "serial_lora")]
+    SerialLora(crate::io::serial_lora::SerialLoraConfig),
 }
 
 impl SourceConfig {
     /// The `type` values, for error messages and docs.
-    pub const TYPES: &'static [&'static str] = &["gwmp", "sml"];
+    pub const TYPES: &'static [&'static str] = &["gwmp", "sml", "sx127x", "serial_lora"];
 
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Gwmp(s) => &s.name,
             SourceConfig::Sml(s) => &s.name,
+            SourceConfig::Sx127x(s) => &s.name,
+            SourceConfig::SerialLora(s) => &s.name,
         }
     }
 
@@ -350,6 +357,8 @@ impl SourceConfig {
         match self {
             SourceConfig::Gwmp(_) => "gwmp",
             SourceConfig::Sml(_) => "sml",
+            SourceConfig::Sx127x(_) => "sx127x",
+            SourceConfig::SerialLora(_) => "serial_lora",
         }
     }
 }

@@ -280,6 +280,8 @@ fn read_source(doc: &Doc<'_>, item: &Spanned<DeValue<'_>>, path: &KeyPath, sink:
     match kind.0.as_str() {
         "gwmp" => de_collect(doc, &rest, path, sink).map(SourceConfig::Gwmp),
         "sml" => de_collect(doc, &rest, path, sink).map(SourceConfig::Sml),
+        "sx127x" => de_collect(doc, &rest, path, sink).map(SourceConfig::Sx127x),
+        "serial_lora" => de_collect(doc, &rest, path, sink).map(SourceConfig::SerialLora),
         other => {
             sink.push(
                 doc.at(Some(kind.1), true),
@@ -547,6 +549,8 @@ fn check_sources(doc: &Doc<'_>, sources: &mut [(usize, SourceConfig)], sink: &mu
         match s {
             SourceConfig::Gwmp(g) if g.name.is_empty() => g.name = format!("gwmp-{i}"),
             SourceConfig::Sml(m) if m.name.is_empty() => m.name = format!("sml-{i}"),
+            SourceConfig::Sx127x(x) if x.name.is_empty() => x.name = format!("sx127x-{i}"),
+            SourceConfig::SerialLora(x) if x.name.is_empty() => x.name = format!("serial_lora-{i}"),
             _ => {}
         }
     }
@@ -581,6 +585,19 @@ fn check_sources(doc: &Doc<'_>, sources: &mut [(usize, SourceConfig)], sink: &mu
                 }
                 if !(300..=4_000_000).contains(&m.baud) {
                     doc.problem(sink, sp.key("baud"), "must be 300..=4000000 baud");
+                }
+            }
+            SourceConfig::Sx127x(x) => {
+                for msg in x.validate() {
+                    doc.problem(sink, sp.clone(), msg);
+                }
+            }
+            SourceConfig::SerialLora(x) => {
+                if let Some(first) = ports.insert(&x.port, *i) {
+                    doc.problem(sink, sp.key("port"), format!("serial port is already used by source[{first}]"));
+                }
+                for msg in x.validate() {
+                    doc.problem(sink, sp.clone(), msg);
                 }
             }
         }

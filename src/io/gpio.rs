@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::io::sx127x::status::{self, Backoff, SourceStatus};
+use crate::io::status::{self, Backoff, SourceStatus};
 
 /// The message for a config that uses GPIO on a host without one.
 pub const NOT_A_PI: &str = "GPIO is not available on this host (not a Raspberry Pi: UnknownModel)";
@@ -798,7 +798,7 @@ mod tests {
         // The interrupt thread dies: the input is re-opened and keeps working.
         input.break_interrupts();
         for _ in 0..400 {
-            if input.opens() >= 2 && status.state() == crate::io::sx127x::status::SourceState::Up {
+            if input.opens() >= 2 && status.state() == crate::io::status::SourceState::Up {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -42,6 +42,7 @@ counters! {
     downlinks_deferred: "downlinks that found no receive window (too late, duty cycle)",
     downlinks_duty_cycle: "downlinks held back by the EU868 duty cycle",
     decode_errors: "payloads the device's decoder could not decode (reading kept with an error)",
+    meter_samples: "smart-meter readings received (SML frames with values)",
     readings_journaled: "readings written to the journal",
     journal_errors: "journal writes that failed",
     published: "outbox records acknowledged by the broker (PUBACK)",

@@ -125,7 +125,7 @@ pub async fn run(name: String, index: usize, socket: UdpSocket, mut w: Wiring) {
                     continue;
                 }
                 let (done, on_disk) = oneshot::channel();
-                if w.pipeline.send(IngestRequest { frames, done }).await.is_err() {
+                if w.pipeline.send(IngestRequest { frames, meter: vec![], done }).await.is_err() {
                     break; // the pipeline is gone: we are shutting down
                 }
                 let socket = socket.clone();

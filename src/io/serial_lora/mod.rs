@@ -25,12 +25,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::ingest::RadioFrame;
-use crate::io::sx127x::status::{self, Backoff, SourceStatus};
+use crate::io::status::{self, Backoff, SourceStatus};
 
 use lines::LineBuffer;
 use protocol::{judge, Capture, Line, Step, Verdict};
 
-pub use crate::io::sx127x::status::{SourceState, StatusSnapshot};
+pub use crate::io::status::{SourceState, StatusSnapshot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -330,7 +330,8 @@ async fn run_steps<S: AsyncRead + AsyncWrite + Unpin>(
         'attempts: loop {
             attempt += 1;
             conn.send(&step.cmd).await?;
-            let deadline = Instant::now() + timeout;
+            let wait = step.timeout_ms.map_or(timeout, |ms| timeout.min(Duration::from_millis(ms)));
+            let deadline = Instant::now() + wait;
             loop {
                 let Some(line) = conn.line(deadline).await? else {
                     if attempt < step.attempts {
@@ -339,7 +340,7 @@ async fn run_steps<S: AsyncRead + AsyncWrite + Unpin>(
                     return Err(SerialLoraError::Timeout {
                         module: conn.kind.as_str(),
                         cmd: step.cmd.clone(),
-                        ms: timeout.as_millis() as u64,
+                        ms: wait.as_millis() as u64,
                     });
                 };
                 if line == step.cmd {
@@ -572,7 +573,17 @@ fn send_frame(
     out: &mpsc::Sender<RadioFrame>,
     status: &SourceStatus,
 ) -> bool {
-    let frame = RadioFrame { phy, rssi, snr, freq_hz: cfg.freq_hz, sf: Some(cfg.sf) };
+    // A module has no concentrator timestamp: class A answers cannot be timed through it.
+    let frame = RadioFrame {
+        phy,
+        rssi,
+        snr,
+        freq_hz: cfg.freq_hz,
+        sf: Some(cfg.sf),
+        bw_khz: cfg.bw_khz,
+        tmst: None,
+        origin: Default::default(),
+    };
     match out.try_send(frame) {
         Ok(()) => {
             status.frame();

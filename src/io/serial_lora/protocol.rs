@@ -48,19 +48,27 @@ pub struct Step {
     /// Sent again on timeout (not on an error reply) up to this many times in all.
     pub attempts: u8,
     pub capture: Capture,
+    /// Per-attempt wait, if shorter than the source's `reply_timeout_ms` (quick polls while a module
+    /// restarts).
+    pub timeout_ms: Option<u64>,
 }
 
 impl Step {
     pub fn ok(cmd: impl Into<String>) -> Self {
-        Step { cmd: cmd.into(), expect: Expect::Ok, attempts: 1, capture: Capture::None }
+        Step { cmd: cmd.into(), expect: Expect::Ok, attempts: 1, capture: Capture::None, timeout_ms: None }
     }
 
     pub fn expect(cmd: impl Into<String>, expect: Expect) -> Self {
-        Step { cmd: cmd.into(), expect, attempts: 1, capture: Capture::None }
+        Step { cmd: cmd.into(), expect, attempts: 1, capture: Capture::None, timeout_ms: None }
     }
 
     pub fn attempts(mut self, n: u8) -> Self {
         self.attempts = n.max(1);
+        self
+    }
+
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = Some(ms);
         self
     }
 

@@ -52,8 +52,8 @@ pub fn init_steps(s: &RadioSettings) -> Vec<Step> {
     vec![
         Step::ok("AT").attempts(3),
         Step::ok("AT+NWM=0"),
-        // The module restarts when the mode changed: wait until it answers again.
-        Step::ok("AT").attempts(5),
+        // The module restarts when the mode changed: poll until it answers again (up to ~5 s).
+        Step::ok("AT").attempts(10).timeout_ms(500),
         // A receive left running from before makes the P2P settings fail with AT_BUSY_ERROR.
         Step::ok("AT+PRECV=0"),
         Step::ok(format!(

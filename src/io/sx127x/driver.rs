@@ -65,6 +65,10 @@ pub enum RxOutcome {
     HeaderError(&'static str),
 }
 
+/// [`RxOutcome::HeaderError`] reason when RxDone came without ValidHeader (the chip did not count
+/// the packet in RegRxPacketCnt).
+pub const NO_VALID_HEADER: &str = "RxDone without ValidHeader";
+
 const IRQ_MASK_UNUSED: u8 = IRQ_RX_TIMEOUT | IRQ_CAD_DONE | IRQ_FHSS_CHANGE | IRQ_CAD_DETECTED;
 
 pub struct Sx127x<B: SpiBus> {
@@ -229,7 +233,7 @@ impl<B: SpiBus> Sx127x<B> {
             return Ok(RxOutcome::Nothing);
         }
         if flags & IRQ_VALID_HEADER == 0 {
-            return Ok(RxOutcome::HeaderError("RxDone without ValidHeader"));
+            return Ok(RxOutcome::HeaderError(NO_VALID_HEADER));
         }
         if flags & IRQ_PAYLOAD_CRC_ERROR != 0 {
             return Ok(RxOutcome::CrcError);

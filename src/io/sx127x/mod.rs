@@ -16,7 +16,7 @@ pub mod driver;
 pub mod model;
 pub mod regs;
 pub mod spi;
-pub mod status;
+use crate::io::status;
 
 #[cfg(test)]
 mod tests;
@@ -29,10 +29,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ingest::RadioFrame;
 
+pub use crate::io::status::{Backoff, SourceState, SourceStatus, StatusSnapshot};
 pub use driver::{ChipSetup, ModemParams, RxOutcome, RxPacket, Sx127x, Sx127xError};
 pub use model::{Air, Missed, Sx127xModel, TxRecord};
 pub use spi::{open_rppal, HwError, Pins, RppalPins, RppalSpi, RppalWiring, SpiBus};
-pub use status::{Backoff, SourceState, SourceStatus, StatusSnapshot};
 
 /// `[[source]] type = "sx127x"`. Every pin is configurable; defaults fit the Dragino/Uputronics-style
 /// HATs (SPI0 CE0, NRESET on BCM 17, DIO0 on BCM 4) and EU868 channel 0 at SF7BW125.
@@ -380,7 +380,7 @@ fn deliver(
             false
         }
         RxOutcome::HeaderError(why) => {
-            if why != "RxDone without ValidHeader" {
+            if why != driver::NO_VALID_HEADER {
                 *handled = handled.wrapping_add(1);
             }
             status.header_error();
@@ -395,6 +395,10 @@ fn deliver(
                 snr: Some(p.snr_db),
                 freq_hz: cfg.freq_hz,
                 sf: Some(cfg.sf),
+                bw_khz: cfg.bw_khz,
+                // The chip has no concentrator clock; class C downlinks go out on the same chip.
+                tmst: None,
+                origin: Default::default(),
             };
             match out.try_send(frame) {
                 Ok(()) => {

@@ -1,7 +1,7 @@
 //! What every source reports about itself (state, since when, frames, errors), and the backoff its
 //! supervisor waits between attempts. Shared by the SX127x, serial LoRa and GPIO presence sources.
 //!
-//! Self-contained on purpose (std only): it can move to `src/io/status.rs` without changes.
+//! Self-contained on purpose (std and tokio only).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
