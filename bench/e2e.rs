@@ -100,7 +100,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "devices_file = \"devices.toml\"\n[gateway]\nid = \"bench-01\"\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mport}\"\n\n[[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:{gw_port}\"\n",
+            "devices_file = \"devices.toml\"\n[gateway]\nid = \"bench-01\"\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{mport}\"\n\n[[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:{gw_port}\"\n",
             dir.path().join("data").display()
         ),
     )

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use district_gateway::{config, ops, runtime};
+use district_gateway::{config, ops};
 
 #[derive(Parser)]
 #[command(
@@ -97,7 +97,7 @@ fn main() -> ExitCode {
                 }
             };
             ops::logging::init(&cfg.gateway.log_level);
-            block_on(runtime::run_until_signal(cfg))
+            block_on(ops::supervisor::run(config, cfg))
         }
         Command::Simulate { gwmp, devices, rate, seconds, fcnt_start, make_devices, profile } => {
             use district_gateway::sim::simulate;

@@ -45,7 +45,7 @@ pub struct Hardware {
     pub sx127x: std::collections::HashMap<String, crate::io::sx127x::Sx127xModel>,
 }
 
-/// Requests to the network server from the rest of the daemon.
+/// Requests to the pipeline (the network server and the control loops) from the rest of the daemon.
 pub enum Control {
     /// Queue a downlink for a device (control loops, commands).
     Enqueue {
@@ -56,7 +56,42 @@ pub enum Control {
         reply: oneshot::Sender<Result<u64, String>>,
     },
     /// A gateway could not send a downlink.
-    TxFailed { device: String, f_cnt_down: u32 },
+    TxFailed {
+        device: String,
+        f_cnt_down: u32,
+    },
+    /// Journal one message for the broker (e.g. a `cmd/res`); `reply` says whether it is on disk.
+    Journal {
+        topic_suffix: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<bool>,
+    },
+    UpsertDevice {
+        device: Box<crate::config::DeviceConfig>,
+        reply: oneshot::Sender<()>,
+    },
+    RemoveDevice {
+        device: String,
+        reply: oneshot::Sender<()>,
+    },
+    /// The control loops' state, for `status`.
+    LoopStatus {
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    /// A control-loop command (`lighting.*`, `dr.*`).
+    Command {
+        cmd: crate::ops::commands::CommandName,
+        args: serde_json::Value,
+        reply: oneshot::Sender<Result<serde_json::Value, (crate::ops::commands::RefusalCode, String)>>,
+    },
+}
+
+/// How the daemon is embedded: hardware replacements, and where `config.apply` requests go.
+#[derive(Default)]
+pub struct Options {
+    pub hardware: Hardware,
+    /// The supervisor's channel for `config.apply` (None: the command is not available).
+    pub apply: Option<mpsc::Sender<crate::ops::executor::ApplyRequest>>,
 }
 
 /// A downlink for a source to send through one of its gateways.
@@ -84,21 +119,38 @@ pub struct Daemon {
     pub store: Store,
     pub control: mpsc::Sender<Control>,
     pub sources: Vec<Arc<SourceStatus>>,
+    pub health: crate::ops::health::Health,
+    pub http_addr: SocketAddr,
 }
 
 impl Daemon {
     /// Opens the store, binds the sources and starts every task. Errors here are start-up errors
     /// (store cannot be opened, address in use, ...).
     pub async fn start(config: &Config) -> anyhow::Result<Daemon> {
-        Self::start_with(config, Hardware::default()).await
+        Self::start_opts(config, Options::default()).await
     }
 
     /// [`Daemon::start`] with hardware replaced (register models instead of rppal).
     pub async fn start_with(config: &Config, hardware: Hardware) -> anyhow::Result<Daemon> {
+        Self::start_opts(config, Options { hardware, apply: None }).await
+    }
+
+    pub async fn start_opts(config: &Config, options: Options) -> anyhow::Result<Daemon> {
+        let hardware = options.hardware;
+        let started = std::time::Instant::now();
+        let started_at = Utc::now();
         let data_dir = &config.resolve_path(&config.gateway.data_dir);
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
         restrict_permissions(data_dir);
         let store = Store::open(&data_dir.join("store"), STORE_CACHE_BYTES)?;
+        let config = &with_remote_devices(config, &store)?;
+        let health = crate::ops::health::Health::new(Duration::from_secs(10));
+        let commands = Arc::new(crate::ops::commands::CommandCounts::default());
+        let verifier = crate::ops::executor::verifier(config).map_err(|e| anyhow::anyhow!("ops.key: {e}"))?;
+        let http = crate::ops::http::HttpServer::bind(config.ops.http_bind)
+            .await
+            .with_context(|| format!("binding ops.http_bind {}", config.ops.http_bind))?;
+        let http_addr = http.local_addr();
         let counters = Arc::new(Counters::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let journaled = Arc::new(Notify::new());
@@ -166,6 +218,7 @@ impl Daemon {
         drop(tx);
         let pipeline = Pipeline {
             gateway_id: config.gateway.id.clone(),
+            health: health.clone(),
             ns,
             store: store.clone(),
             journaled: journaled.clone(),
@@ -175,14 +228,40 @@ impl Daemon {
         };
         tasks.spawn(pipeline.run(rx, control_rx));
 
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Vec<u8>>(64);
+        let ctx = crate::ops::executor::ExecutorContext {
+            config: config.clone(),
+            store: store.clone(),
+            control: control_tx.clone(),
+            counters: counters.clone(),
+            commands: commands.clone(),
+            sources: sources.clone(),
+            started,
+            started_at,
+            apply: options.apply,
+        };
+        tasks.spawn(crate::ops::executor::run(ctx, verifier, cmd_rx));
+
+        let metrics_fn = metrics_fn(
+            config,
+            store.clone(),
+            counters.clone(),
+            commands.clone(),
+            sources.clone(),
+            health.clone(),
+            started,
+        );
+        let handlers = crate::ops::http::Handlers::new(metrics_fn, health.clone());
+        tasks.spawn(http.run(handlers, shutdown_rx.clone()));
+
         let settings = uplink_settings(config)?;
         let (store2, counters2, rx2) = (store.clone(), counters.clone(), shutdown_rx.clone());
         tasks.spawn(async move {
-            if let Err(e) = mqtt::run(settings, store2, journaled, counters2, rx2).await {
+            if let Err(e) = mqtt::run(settings, store2, journaled, counters2, cmd_tx, rx2).await {
                 tracing::error!(error = %e, "uplink stopped");
             }
         });
-        Ok(Daemon { shutdown, tasks, gwmp_addrs, counters, store, control: control_tx, sources })
+        Ok(Daemon { shutdown, tasks, gwmp_addrs, counters, store, control: control_tx, sources, health, http_addr })
     }
 
     /// Queues a downlink for a device; returns its id.
@@ -211,6 +290,71 @@ impl Daemon {
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
+    }
+}
+
+/// The config's devices with the remote changes (`device.upsert` / `device.remove`) from the store
+/// applied on top: remote changes survive restarts and win over the file until the file changes them.
+fn with_remote_devices(config: &Config, store: &Store) -> anyhow::Result<Config> {
+    let mut c = config.clone();
+    for (name, json) in store.remote_devices()? {
+        c.device.retain(|d| d.name != name);
+        if json.is_empty() {
+            continue; // removed remotely
+        }
+        match serde_json::from_slice::<crate::config::DeviceConfig>(&json) {
+            Ok(d) => c.device.push(d),
+            Err(e) => tracing::warn!(device = %name, error = %e, "a remotely added device cannot be read; skipped"),
+        }
+    }
+    Ok(c)
+}
+
+fn metrics_fn(
+    config: &Config,
+    store: Store,
+    counters: Arc<Counters>,
+    commands: Arc<crate::ops::commands::CommandCounts>,
+    sources: Vec<Arc<SourceStatus>>,
+    health: crate::ops::health::Health,
+    started: std::time::Instant,
+) -> crate::ops::http::MetricsFn {
+    use crate::ops::metrics::{MetricsSnapshot, ProcessStats, SourceMetrics};
+    let gateway_id = config.gateway.id.clone();
+    Arc::new(move || {
+        let source_metrics = sources
+            .iter()
+            .map(|s| SourceMetrics {
+                name: s.name().to_string(),
+                kind: s.snapshot().kind.to_string(),
+                state: health_state(s.state()),
+            })
+            .collect();
+        crate::ops::metrics::render(&MetricsSnapshot {
+            version: env!("CARGO_PKG_VERSION").into(),
+            gateway_id: gateway_id.clone(),
+            uptime_s: started.elapsed().as_secs_f64(),
+            counters: counters.snapshot(),
+            backlog_records: store.depth() as u64,
+            backlog_bytes: store.size_on_disk(),
+            backlog_oldest_age_s: store.oldest_record_age_s(Utc::now()),
+            readings_dropped: counters.readings_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            sources: source_metrics,
+            commands: commands.snapshot(),
+            health: Some(health.check()),
+            process: ProcessStats::read(),
+            ..MetricsSnapshot::default()
+        })
+    })
+}
+
+fn health_state(s: crate::io::status::SourceState) -> crate::ops::health::SourceState {
+    use crate::io::status::SourceState as S;
+    use crate::ops::health::SourceState as H;
+    match s {
+        S::Up => H::Up,
+        S::Starting | S::Retrying => H::Retrying,
+        S::Down | S::Stopped => H::Down,
     }
 }
 
@@ -288,21 +432,7 @@ fn build_network_server(config: &Config, store: &Store) -> anyhow::Result<Networ
     })
     .map_err(|e| anyhow::anyhow!("lorawan: {e}"))?;
     for d in &config.device {
-        let class = match d.class {
-            crate::config::DeviceClass::A => DeviceClass::A,
-            crate::config::DeviceClass::C => DeviceClass::C,
-        };
-        let info = DeviceInfo { profile: d.profile.clone(), class };
-        let prov = match d.activation() {
-            Ok(Activation::Abp { dev_addr, nwk_s_key, app_s_key }) => {
-                if d.relax_fcnt {
-                    tracing::warn!(device = %d.name, "relax_fcnt is on: a frame counter reset of this device is accepted, which weakens replay protection");
-                }
-                Provisioning::Abp { dev_addr, nwk_s_key, app_s_key, relax_fcnt: d.relax_fcnt }
-            }
-            Ok(Activation::Otaa { dev_eui, join_eui, app_key }) => Provisioning::Otaa { dev_eui, join_eui, app_key },
-            Err(e) => anyhow::bail!("device {}: {e}", d.name),
-        };
+        let (info, prov) = provisioning(d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?;
         if let Some(path) = d.js_codec_path() {
             if !ns.has_decoder(&d.profile) {
                 ns.set_decoder(&d.profile, load_js_codec(config, &d.profile, path)?);
@@ -340,6 +470,25 @@ fn load_js_codec(config: &Config, profile: &str, path: &str) -> anyhow::Result<B
     Ok(Box::new(codec))
 }
 
+/// A device table as the network server wants it.
+fn provisioning(d: &crate::config::DeviceConfig) -> Result<(DeviceInfo, Provisioning), String> {
+    let class = match d.class {
+        crate::config::DeviceClass::A => DeviceClass::A,
+        crate::config::DeviceClass::C => DeviceClass::C,
+    };
+    let info = DeviceInfo { profile: d.profile.clone(), class };
+    let prov = match d.activation().map_err(|e| e.to_string())? {
+        Activation::Abp { dev_addr, nwk_s_key, app_s_key } => {
+            if d.relax_fcnt {
+                tracing::warn!(device = %d.name, "relax_fcnt is on: a frame counter reset of this device is accepted, which weakens replay protection");
+            }
+            Provisioning::Abp { dev_addr, nwk_s_key, app_s_key, relax_fcnt: d.relax_fcnt }
+        }
+        Activation::Otaa { dev_eui, join_eui, app_key } => Provisioning::Otaa { dev_eui, join_eui, app_key },
+    };
+    Ok((info, prov))
+}
+
 fn uplink_settings(config: &Config) -> anyhow::Result<mqtt::UplinkSettings> {
     let m = &config.mqtt;
     let url = &m.url;
@@ -370,6 +519,7 @@ fn now_ms() -> u64 {
 /// The pipeline task: the shell around the pure network server, and its only owner.
 struct Pipeline {
     gateway_id: String,
+    health: crate::ops::health::Health,
     ns: NetworkServer,
     store: Store,
     journaled: Arc<Notify>,
@@ -383,6 +533,7 @@ impl Pipeline {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.health.loop_tick();
             tokio::select! {
                 first = rx.recv() => {
                     let Some(first) = first else { break };
@@ -439,6 +590,7 @@ impl Pipeline {
                 match outcome {
                     Outcome::Reading(mut reading) => {
                         Counters::inc(&self.counters.frames_ok);
+                        self.counters.last_uplink_unix_ms.store(now_ms, std::sync::atomic::Ordering::Relaxed);
                         if self.publish_readings {
                             reading.seq = self.store.allocate_seq();
                             tracing::debug!(device = %reading.device, seq = reading.seq, "reading");
@@ -487,6 +639,39 @@ impl Pipeline {
                 }
             }
             Control::TxFailed { device, f_cnt_down } => self.ns.tx_failed(&device, f_cnt_down),
+            Control::Journal { topic_suffix, payload, reply } => {
+                let mut batch = Batch::default();
+                batch.push_record(Record { seq: self.store.allocate_seq(), topic_suffix, payload });
+                let ok = self.apply(batch, Output::default(), 1).await;
+                let _ = reply.send(ok);
+            }
+            Control::UpsertDevice { device, reply } => {
+                match provisioning(&device) {
+                    Ok((info, prov)) => {
+                        self.ns.remove_device(&device.name);
+                        self.ns.upsert_device(&device.name, info, prov);
+                        tracing::info!(device = %device.name, "device added or changed remotely");
+                    }
+                    Err(e) => tracing::warn!(device = %device.name, error = %e, "remote device refused"),
+                }
+                let _ = reply.send(());
+            }
+            Control::RemoveDevice { device, reply } => {
+                self.ns.remove_device(&device);
+                tracing::info!(%device, "device removed remotely");
+                let _ = reply.send(());
+            }
+            Control::LoopStatus { reply } => {
+                let _ = reply.send(serde_json::json!({
+                    "lorawan": {"devices": self.ns.device_count(), "sessions": self.ns.session_count(), "queued_downlinks": self.ns.queued_downlinks()},
+                }));
+            }
+            Control::Command { cmd, reply, .. } => {
+                let _ = reply.send(Err((
+                    crate::ops::commands::RefusalCode::UnknownCommand,
+                    format!("{} is not available: no such control loop is configured", cmd.as_str()),
+                )));
+            }
         }
     }
 
@@ -524,6 +709,7 @@ impl Pipeline {
                 }
             }
         };
+        self.health.journal_ok(ok);
         if !ok {
             Counters::inc(&self.counters.journal_errors);
             // Nothing that depends on unsaved state leaves the gateway.
@@ -584,21 +770,4 @@ fn count_rejection(counters: &Counters, e: &UplinkError) {
     Counters::inc(c);
     // UplinkError's messages carry addresses and counters, never keys or payload bytes.
     tracing::info!(error = %e, "frame refused");
-}
-
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let daemon = Daemon::start(&config).await?;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    tracing::info!(gateway = %config.gateway.id, "district-gateway running");
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    daemon.stop().await;
-    Ok(())
 }

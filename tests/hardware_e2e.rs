@@ -22,7 +22,7 @@ fn vectors() -> PathBuf {
 
 fn base_config(dir: &std::path::Path, gw: &str, broker: u16) -> String {
     format!(
-        "[gateway]\nid = \"{gw}\"\ndata_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n",
+        "[gateway]\nid = \"{gw}\"\ndata_dir = \"{}\"\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n",
         dir.join("data").display()
     )
 }

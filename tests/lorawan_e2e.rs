@@ -84,7 +84,7 @@ fn data_of(txpk: &Value) -> Vec<u8> {
 
 fn config_text(dir: &std::path::Path, broker_port: u16, extra_devices: &str) -> String {
     format!(
-        "[gateway]\nid = \"ns-01\"\ndata_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\
+        "[gateway]\nid = \"ns-01\"\ndata_dir = \"{}\"\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\
          [lorawan]\nmax_attempts = 2\nmin_lead_ms = 50\n\
          [[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:0\"\n\
          [[device]]\nname = \"sensor-otaa\"\nprofile = \"raw\"\ndev_eui = \"{DEV_EUI}\"\njoin_eui = \"{JOIN_EUI}\"\napp_key = \"{}\"\n{extra_devices}",

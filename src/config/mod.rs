@@ -66,6 +66,17 @@ pub fn load_devices(path: &Path) -> Result<Vec<DeviceConfig>, ConfigErrors> {
     parse_str(&wrapper, "<devices>", base_dir).map(|c| c.device)
 }
 
+/// Checks one device table on its own (for `device.upsert`): name syntax and a complete activation.
+pub fn check_device(d: &DeviceConfig) -> Result<(), String> {
+    if let Some(msg) = validate::name_problem(&d.name) {
+        return Err(format!("name: {msg}"));
+    }
+    if d.profile.is_empty() {
+        return Err("profile: must not be empty".into());
+    }
+    d.activation().map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// Keys whose values [`Config::redacted_toml`] replaces.
 const SECRET_KEYS: &[&str] = &["nwk_s_key", "app_s_key", "app_key", "password"];
 

@@ -315,7 +315,7 @@ fn quoted_list(items: &[&str]) -> String {
 }
 
 /// `[A-Za-z0-9_.-]{1,64}`: device, source, zone, load and key names.
-fn name_problem(name: &str) -> Option<String> {
+pub(crate) fn name_problem(name: &str) -> Option<String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));

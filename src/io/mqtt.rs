@@ -146,8 +146,10 @@ pub async fn run(
     store: Store,
     journaled: Arc<Notify>,
     counters: Arc<Counters>,
+    commands: tokio::sync::mpsc::Sender<Vec<u8>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let cmd_topic = format!("{}cmd/req", s.topic_base);
     let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options(&s)?, s.window * 2 + 16);
     let mut link =
         Link { connected: false, cursor: 0, replay_upto: 0, queued: VecDeque::new(), inflight: HashMap::new() };
@@ -181,6 +183,17 @@ pub async fn run(
                 if client.try_publish(format!("{}state", s.topic_base), QoS::AtLeastOnce, true, online.clone()).is_ok()
                 {
                     link.queued.push_back(None);
+                }
+                // Clean session: subscribe again on every connection.
+                let _ = client.try_subscribe(cmd_topic.clone(), QoS::AtLeastOnce);
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                if p.topic == cmd_topic {
+                    Counters::inc(&counters.commands_received);
+                    if commands.try_send(p.payload.to_vec()).is_err() {
+                        Counters::inc(&counters.commands_dropped);
+                        tracing::warn!("command queue full: command dropped (the city may resend it)");
+                    }
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {

@@ -46,6 +46,10 @@ counters! {
     readings_journaled: "readings written to the journal",
     journal_errors: "journal writes that failed",
     published: "outbox records acknowledged by the broker (PUBACK)",
+    readings_dropped: "readings dropped by the buffer policy (disk bound reached)",
+    commands_received: "messages received on cmd/req",
+    commands_dropped: "messages on cmd/req dropped because the executor queue was full",
+    last_uplink_unix_ms: "time of the last accepted uplink (ms since 1970; a gauge)",
     mqtt_connected: "1 while connected to the broker",
     mqtt_reconnects: "broker connections lost",
 }

@@ -1,4 +1,10 @@
 //! Operations: counters, logging (later: remote commands, metrics HTTP, systemd).
 
+pub mod commands;
 pub mod counters;
+pub mod executor;
+pub mod health;
+pub mod http;
 pub mod logging;
+pub mod metrics;
+pub mod supervisor;

@@ -50,7 +50,7 @@ pub async fn run(seconds: Option<u64>, broker_url: Option<String>) -> anyhow::Re
     let data = tempfile::tempdir().context("creating a temporary data dir")?;
     let mut devices = demo_devices();
     let mut cfg = format!(
-        "[gateway]\nid = \"{GATEWAY_ID}\"\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\n[mqtt]\nurl = \"mqtt://{host}:{port}\"\ntopic_prefix = \"{PREFIX}\"\n\n[[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:0\"\n\n",
+        "[gateway]\nid = \"{GATEWAY_ID}\"\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtt://{host}:{port}\"\ntopic_prefix = \"{PREFIX}\"\n\n[[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:0\"\n\n",
         data.path().join("data").display()
     );
     for (d, _) in &devices {

@@ -13,6 +13,8 @@
 //! | `s/` + device name      | OTAA session: DevAddr, NwkSKey, AppSKey |
 //! | `n/` + DevEUI + nonce   | a used DevNonce (empty value)           |
 //! | `m/join_nonce`          | the next JoinNonce (u32 BE)             |
+//! | `c/` + command id       | an accepted command: forget after (ms)  |
+//! | `u/` + device name      | a device added by `device.upsert` (JSON)|
 //!
 //! Session keys live only here, in the data dir (mode 700, the daemon's user only).
 //!
@@ -36,6 +38,8 @@ const FCNT_DOWN_PREFIX: &[u8] = b"d/";
 const SESSION_PREFIX: &[u8] = b"s/";
 const NONCE_PREFIX: &[u8] = b"n/";
 const JOIN_NONCE: &[u8] = b"m/join_nonce";
+const COMMAND_PREFIX: &[u8] = b"c/";
+const REMOTE_DEVICE_PREFIX: &[u8] = b"u/";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -271,6 +275,58 @@ impl Store {
     /// The next JoinNonce (0 on a new store).
     pub fn join_nonce(&self) -> Result<u32, StoreError> {
         Ok(self.tree.get(JOIN_NONCE)?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
+    }
+
+    /// Remembers an accepted command id until `forget_after_ms` (replay protection across restarts).
+    pub fn remember_command(&self, id: &str, forget_after_ms: i64) -> Result<(), StoreError> {
+        self.tree.insert(prefixed(COMMAND_PREFIX, id.as_bytes()), &forget_after_ms.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Accepted command ids with their forget-after time (ms); expired ones are deleted on the way.
+    pub fn commands_seen(&self, now_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(COMMAND_PREFIX) {
+            let (k, v) = item?;
+            let Ok(b) = <[u8; 8]>::try_from(v.as_ref()) else { continue };
+            let until = i64::from_be_bytes(b);
+            if until < now_ms {
+                self.tree.remove(&k)?;
+                continue;
+            }
+            out.push((String::from_utf8_lossy(&k[COMMAND_PREFIX.len()..]).into_owned(), until));
+        }
+        Ok(out)
+    }
+
+    /// Devices added or changed remotely (`device.upsert`), as the JSON of their config table.
+    pub fn remote_devices(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(REMOTE_DEVICE_PREFIX) {
+            let (k, v) = item?;
+            out.push((String::from_utf8_lossy(&k[REMOTE_DEVICE_PREFIX.len()..]).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Stores (Some) or deletes (None) a remote device; a deleted device is remembered as an empty
+    /// value so that it stays removed even if the config file still lists it.
+    pub fn set_remote_device(&self, name: &str, json: Option<&[u8]>) -> Result<(), StoreError> {
+        self.tree.insert(prefixed(REMOTE_DEVICE_PREFIX, name.as_bytes()), json.unwrap_or(&[]))?;
+        Ok(())
+    }
+
+    /// Age of the oldest record in the outbox, from the `at` of its payload.
+    pub fn oldest_record_age_s(&self, now: chrono::DateTime<chrono::Utc>) -> Option<f64> {
+        let r = self.read_from(0, 1).ok()?.into_iter().next()?;
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).ok()?;
+        let at = chrono::DateTime::parse_from_rfc3339(v.get("at")?.as_str()?).ok()?;
+        Some((now - at.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0)
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self._db.size_on_disk().unwrap_or(0)
     }
 
     /// Up to `max` outbox records with `seq >= from`, oldest first.

@@ -199,7 +199,7 @@ pub struct Daemon {
 
 pub fn config_text(gateway: &str, data_dir: &Path, broker_url: &str, gwmp_port: u16, devices: &[SimDevice]) -> String {
     let mut s = format!(
-        "[gateway]\nid = \"{gateway}\"\ndata_dir = \"{}\"\nlog_level = \"debug\"\n\n[mqtt]\nurl = \"{broker_url}\"\n\
+        "[gateway]\nid = \"{gateway}\"\ndata_dir = \"{}\"\nlog_level = \"debug\"\n\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"{broker_url}\"\n\
          topic_prefix = \"city\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
          [[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:{gwmp_port}\"\n\n",
         data_dir.display()

@@ -29,8 +29,8 @@
 //!   together are not released together. The shed order then moves on to the next loads.
 //! - Under the limit: one load at a time is restored (highest priority first) when the estimated power
 //!   plus its increase stays below `limit - hysteresis_kw`, it has been off for `min_off_s`, and the
-//!   random restore delay (`restore_delay_min_s..=restore_delay_max_s` after the previous restore or shed)
-//!   has passed. A setpoint load may be raised in part.
+//!   random restore delay (`restore_delay_min_s..=restore_delay_max_s` after the previous restore or shed,
+//!   or after the limit in force was relaxed) has passed. A setpoint load may be raised in part.
 //! - Surplus (an active surplus event, while not over the limit): SG-Ready loads are encouraged (state 3,
 //!   or 4 with `allow_forced`), one after the other over the event's `ramp_s`; switch loads are on and
 //!   setpoint loads at rated (their normal states); shed loads are restored to these states. When the
@@ -336,11 +336,11 @@ pub enum Input {
     Tick,
     /// A reading of the feeder meter (`power_w`), taken at `at`.
     Meter { at: DateTime<Utc>, power_w: f64 },
-    /// `dr.event` (also counts as the city's heartbeat).
+    /// `dr.event` (also counts as the city's heartbeat, once heartbeats have been heard).
     Event(DrEvent),
-    /// `dr.cancel` (also counts as the city's heartbeat).
+    /// `dr.cancel` (also counts as the city's heartbeat, once heartbeats have been heard).
     Cancel { id: String, modification: Option<u32> },
-    /// The city's heartbeat.
+    /// The city's heartbeat: the first one starts the supervision (`heartbeat_timeout_s`).
     Heartbeat { at: DateTime<Utc> },
     /// A load's own power reading, used as its reduction estimate for `meter_timeout_s`.
     LoadFeedback { load: String, at: DateTime<Utc>, power_kw: f64 },
@@ -569,12 +569,12 @@ impl Demand {
             Input::Tick => {}
             Input::Meter { at, power_w } => self.meter(now, clamp_time(at), power_w),
             Input::Event(ev) => {
-                self.hear_city(now, now);
+                self.refresh_city(now);
                 let ack = self.events.upsert(ev, now, &mut self.rng, self.p.limit_kw, &self.p.level_factors);
                 out.ack = Some(ack);
             }
             Input::Cancel { id, modification } => {
-                self.hear_city(now, now);
+                self.refresh_city(now);
                 match self.events.cancel(&id, modification) {
                     Ok((ack, removed)) => {
                         if let Some(b) = removed {
@@ -607,13 +607,21 @@ impl Demand {
     /// The latest time the shell must call again (at most `interval_s` ahead).
     pub fn next_wakeup(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         let now = clamp_time(now);
-        let mut t = add_ms(now, i64::from(self.p.interval_s) * 1000);
+        let horizon = add_ms(now, i64::from(self.p.interval_s) * 1000);
+        let mut t = horizon;
         let mut consider = |c: DateTime<Utc>| {
             if c > now && c < t {
                 t = c;
             }
         };
-        let in_ms = |deadline: i64| add_ms(now, deadline.saturating_sub(self.mono).max(1));
+        // monotonic deadlines still ahead (a passed one has been acted on, or is waiting for a condition)
+        let in_ms = |deadline: i64| {
+            if deadline > self.mono {
+                add_ms(now, deadline - self.mono)
+            } else {
+                horizon
+            }
+        };
         for b in &self.events.booked {
             consider(b.active_from);
             if let Some(e) = b.end {
@@ -651,6 +659,13 @@ impl Demand {
         let at = at.min(now);
         if self.heartbeat.is_none_or(|h| at > h) {
             self.heartbeat = Some(at);
+        }
+    }
+
+    /// A `dr.*` command refreshes the heartbeat once the city sends heartbeats at all.
+    fn refresh_city(&mut self, now: DateTime<Utc>) {
+        if self.heartbeat.is_some() {
+            self.hear_city(now, now);
         }
     }
 
@@ -695,8 +710,10 @@ impl Demand {
             return;
         };
         if now < last {
-            // The clock jumped back: no time passed; durations go on from here (the monotonic clock does
-            // not stand still until the wall clock catches up).
+            // The clock jumped back. How much real time passed is unknown; the shell calls at least every
+            // `interval_s`, so count that much (a maximum blocked time may end early, never late), and go on
+            // from here (the monotonic clock does not stand still until the wall clock catches up).
+            self.mono = self.mono.saturating_add(i64::from(self.p.interval_s) * 1000);
             self.last_now = Some(now);
             return;
         }
@@ -834,16 +851,7 @@ impl Demand {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn set(
-        &mut self,
-        i: usize,
-        to: LoadState,
-        reason: Reason,
-        now: DateTime<Utc>,
-        est: Option<f64>,
-        out: &mut Output,
-    ) {
+    fn set(&mut self, i: usize, to: LoadState, reason: Reason, now: DateTime<Utc>, est: Option<f64>, out: &mut Output) {
         let fresh = i64::from(self.p.meter_timeout_s);
         let mono = self.mono;
         let l = &mut self.loads[i];
@@ -871,9 +879,8 @@ impl Demand {
             l.blocked_at = Some(mono);
             l.shed_kw = before_kw;
             if let Some(max) = l.max_blocked_ms {
-                let spread_s = u64::from(self.p.restore_delay_max_s).min(
-                    u64::try_from((max - l.min_off_ms).max(0) / 1000).unwrap_or(0),
-                );
+                let spread_s = u64::from(self.p.restore_delay_max_s)
+                    .min(u64::try_from((max - l.min_off_ms).max(0) / 1000).unwrap_or(0));
                 let jitter = i64::try_from(self.rng.below(spread_s * 1000 + 1)).unwrap_or(0);
                 l.release_at = Some(mono + max - jitter);
             }
@@ -914,6 +921,12 @@ impl Demand {
             }
         }
         let (limit, surplus, _active, ramp) = self.limit_in_force(now);
+        if limit.0 > self.limit.0 + 1e-9 {
+            // The limit relaxed (an event ended or was cancelled, a fail-safe ended): the first restore
+            // waits a random delay too, so that gateways told at the same moment do not restore together.
+            let d = self.rng.range_ms(self.p.restore_delay_min_s, self.p.restore_delay_max_s);
+            self.next_restore = self.next_restore.max(self.mono.saturating_add(d));
+        }
         self.limit = limit;
         let limit_kw = self.limit.0;
         let est = self.estimate(now);
@@ -1093,7 +1106,10 @@ impl Demand {
                 .loads
                 .iter()
                 .map(|l| {
-                    (l.p.name.clone(), LoadStatus { state: l.state, label: l.state.label(l.p.rated_kw), since: l.since })
+                    (
+                        l.p.name.clone(),
+                        LoadStatus { state: l.state, label: l.state.label(l.p.rated_kw), since: l.since },
+                    )
                 })
                 .collect(),
             invalid_readings: self.invalid_readings,
@@ -1101,7 +1117,8 @@ impl Demand {
         let changed = match &self.last_status {
             None => true,
             Some(o) => {
-                o.limit_kw != st.limit_kw
+                // a ramping limit is re-published per 0.5 kW, not on every call
+                (o.limit_kw - st.limit_kw).abs() >= 0.5
                     || o.limit_reason != st.limit_reason
                     || o.meter_ok != st.meter_ok
                     || o.heartbeat != st.heartbeat

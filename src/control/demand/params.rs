@@ -207,8 +207,9 @@ pub struct DemandParams {
     /// Default 80 % of `limit_kw`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meter_lost_limit_kw: Option<f64>,
-    /// The city's heartbeat (any `dr.*` command or heartbeat) is lost when not heard for this long, once
-    /// heard at all. 0 = not supervised.
+    /// The city's heartbeat is lost when neither a heartbeat nor a `dr.*` command was heard for this long,
+    /// once a heartbeat has been heard at all (a city that sends none is not supervised). 0 = never
+    /// supervised.
     #[serde(default = "default_heartbeat_timeout_s")]
     pub heartbeat_timeout_s: u32,
     /// Limit for `failsafe_duration_s` after the heartbeat is lost (EEBUS LPC); city events are suspended
@@ -279,6 +280,11 @@ pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// An MQTT topic (below the gateway's prefix) the shell may publish a load's state on.
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 256 && !t.contains(['#', '+', '\0']) && !t.starts_with('/') && !t.ends_with('/')
 }
 
 fn in_range(v: f64, lo: f64, hi: f64) -> bool {
@@ -353,7 +359,8 @@ impl DemandParams {
         if !(5..=86_400).contains(&self.meter_timeout_s) {
             bad("meter_timeout_s".into(), format!("expected 5..=86400, got {}", self.meter_timeout_s));
         }
-        for (key, v) in [("meter_lost_limit_kw", self.meter_lost_limit_kw), ("failsafe_limit_kw", self.failsafe_limit_kw)]
+        for (key, v) in
+            [("meter_lost_limit_kw", self.meter_lost_limit_kw), ("failsafe_limit_kw", self.failsafe_limit_kw)]
         {
             if let Some(v) = v {
                 if !in_range(v, 0.0, 1_000_000.0) {
@@ -362,7 +369,10 @@ impl DemandParams {
             }
         }
         if self.heartbeat_timeout_s != 0 && !(10..=86_400).contains(&self.heartbeat_timeout_s) {
-            bad("heartbeat_timeout_s".into(), format!("expected 0 (off) or 10..=86400, got {}", self.heartbeat_timeout_s));
+            bad(
+                "heartbeat_timeout_s".into(),
+                format!("expected 0 (off) or 10..=86400, got {}", self.heartbeat_timeout_s),
+            );
         }
         if self.failsafe_duration_s > 86_400 {
             bad("failsafe_duration_s".into(), format!("expected 0..=86400, got {}", self.failsafe_duration_s));
@@ -432,7 +442,10 @@ impl DemandParams {
                 }
             }
             if l.kind == LoadKind::Setpoint && l.max_blocked_s() != 0 && !(60..=86_400).contains(&l.max_blocked_s()) {
-                bad(format!("{k}.max_blocked_s"), format!("expected 0 (none) or 60..=86400, got {}", l.max_blocked_s()));
+                bad(
+                    format!("{k}.max_blocked_s"),
+                    format!("expected 0 (none) or 60..=86400, got {}", l.max_blocked_s()),
+                );
             }
             for (key, v) in [("min_off_s", l.min_off_s()), ("min_on_s", l.min_on_s()), ("recovery_s", l.recovery_s())] {
                 if v > 86_400 {
@@ -485,19 +498,13 @@ impl DemandParams {
                         bad(format!("{k}.output.f_port"), format!("expected 1..=223, got {f_port}"));
                     }
                 }
-                Some(OutputSpec::Mqtt { topic }) => {
-                    if topic.is_empty()
-                        || topic.len() > 256
-                        || topic.contains(['#', '+', '\0'])
-                        || topic.starts_with('/')
-                        || topic.ends_with('/')
-                    {
-                        bad(
-                            format!("{k}.output.topic"),
-                            format!("expected a topic without wildcards or leading/trailing '/', got {topic:?}"),
-                        );
-                    }
+                Some(OutputSpec::Mqtt { topic }) if !valid_topic(topic) => {
+                    bad(
+                        format!("{k}.output.topic"),
+                        format!("expected a topic without wildcards or leading/trailing '/', got {topic:?}"),
+                    );
                 }
+                Some(OutputSpec::Mqtt { .. }) => {}
             }
         }
         p

@@ -1,0 +1,234 @@
+//! The command executor: verifies signed commands from `cmd/req`, runs them one at a time in order,
+//! and journals each answer for `cmd/res` (so answers reach the city at least once, like readings).
+//!
+//! Verification is the pure `commands::Verifier`; this task owns its state (the seen ids, persisted in
+//! the store before a command runs) and the side effects. A slow command delays only later commands,
+//! never readings: the pipeline and the uplink are other tasks.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, DeviceConfig};
+use crate::io::status::SourceStatus;
+use crate::ops::commands::{Command, CommandCounts, CommandName, Refusal, RefusalCode, Verifier};
+use crate::ops::counters::Counters;
+use crate::reading::rfc3339;
+use crate::runtime::Control;
+use crate::store::Store;
+
+/// A `config.apply` handed to the supervisor, which answers it after the health verdict.
+pub struct ApplyRequest {
+    pub id: String,
+    pub toml: String,
+}
+
+/// What the executor needs from the daemon.
+pub struct ExecutorContext {
+    pub config: Config,
+    pub store: Store,
+    pub control: mpsc::Sender<Control>,
+    pub counters: Arc<Counters>,
+    pub commands: Arc<CommandCounts>,
+    pub sources: Vec<Arc<SourceStatus>>,
+    pub started: Instant,
+    pub started_at: DateTime<Utc>,
+    pub apply: Option<mpsc::Sender<ApplyRequest>>,
+}
+
+pub fn verifier(config: &Config) -> Result<Verifier, String> {
+    let keys = config.ops.key.iter().map(|k| (k.id.clone(), k.ed25519_public.0)).collect();
+    Verifier::new(keys, crate::ops::commands::DEFAULT_SKEW, crate::ops::commands::DEFAULT_MAX_VALIDITY)
+        .map(|v| v.with_gateway_id(config.gateway.id.clone()))
+        .map_err(|e| e.to_string())
+}
+
+pub async fn run(mut ctx: ExecutorContext, mut verifier: Verifier, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let now = Utc::now();
+    match ctx.store.commands_seen(now.timestamp_millis()) {
+        Ok(seen) => verifier.load_seen(
+            now,
+            seen.into_iter().filter_map(|(id, ms)| DateTime::from_timestamp_millis(ms).map(|t| (id, t))),
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot read the remembered command ids"),
+    }
+    while let Some(envelope) = rx.recv().await {
+        let now = Utc::now();
+        verifier.prune(now);
+        let cmd = match verifier.verify(now, &envelope) {
+            Ok(c) => c,
+            Err(refusal) => {
+                tracing::warn!(code = refusal.code.as_str(), id = ?refusal.id, reason = %refusal.message, "command refused");
+                ctx.commands.record(Err(refusal.code));
+                respond(&ctx, refusal.to_response()).await;
+                continue;
+            }
+        };
+        // Remember the id on disk before anything happens, so that a crash cannot make it replayable.
+        let remembered = ctx.store.remember_command(&cmd.id, cmd.forget_after.timestamp_millis());
+        if remembered.is_err() || ctx.store.flush().await.is_err() {
+            let r = cmd.refuse(RefusalCode::Internal, "the command could not be recorded; nothing was done");
+            ctx.commands.record(Err(r.code));
+            respond(&ctx, r.to_response()).await;
+            continue;
+        }
+        tracing::info!(id = %cmd.id, cmd = cmd.cmd.as_str(), key = %cmd.key_id, "command accepted");
+        match execute(&mut ctx, &cmd).await {
+            Ok(Some(result)) => {
+                ctx.commands.record(Ok(()));
+                respond(&ctx, cmd.response_ok(result)).await;
+            }
+            Ok(None) => ctx.commands.record(Ok(())), // answered later (config.apply)
+            Err(refusal) => {
+                tracing::warn!(id = %cmd.id, code = refusal.code.as_str(), reason = %refusal.message, "command failed");
+                ctx.commands.record(Err(refusal.code));
+                respond(&ctx, refusal.to_response()).await;
+            }
+        }
+    }
+}
+
+/// Journals a `cmd/res` payload through the pipeline (the only writer of the outbox).
+pub async fn respond(ctx: &ExecutorContext, payload: Vec<u8>) {
+    journal_response(&ctx.control, payload).await;
+}
+
+pub async fn journal_response(control: &mpsc::Sender<Control>, payload: Vec<u8>) {
+    let (reply, done) = oneshot::channel();
+    let req = Control::Journal { topic_suffix: "cmd/res".into(), payload, reply };
+    if control.send(req).await.is_ok() {
+        let _ = done.await;
+    }
+}
+
+async fn execute(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Option<Value>, Refusal> {
+    match cmd.cmd {
+        CommandName::Ping => Ok(Some(json!({"pong": true, "at": rfc3339(Utc::now())}))),
+        CommandName::Status => Ok(Some(status(ctx).await)),
+        CommandName::ConfigGet => Ok(Some(json!({"toml": ctx.config.redacted_toml()}))),
+        CommandName::ConfigApply => {
+            let args: crate::ops::commands::ConfigApplyArgs = cmd.args_as()?;
+            let Some(apply) = &ctx.apply else {
+                return Err(cmd.refuse(RefusalCode::UnknownCommand, "config.apply is not available in this mode"));
+            };
+            apply
+                .send(ApplyRequest { id: cmd.id.clone(), toml: args.toml })
+                .await
+                .map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?;
+            Ok(None)
+        }
+        CommandName::DeviceUpsert => device_upsert(ctx, cmd).await.map(Some),
+        CommandName::DeviceRemove => device_remove(ctx, cmd).await.map(Some),
+        CommandName::BufferStats => Ok(Some(buffer_stats(ctx))),
+        CommandName::LogLevel => {
+            let level = cmd.args.get("level").and_then(Value::as_str).ok_or_else(|| {
+                cmd.refuse(RefusalCode::InvalidArgs, "args.level: expected a string such as \"debug\"")
+            })?;
+            crate::ops::logging::set_filter(level).map_err(|e| cmd.refuse(RefusalCode::InvalidArgs, e))?;
+            Ok(Some(json!({"level": level})))
+        }
+        CommandName::LightingOverride | CommandName::LightingClear | CommandName::DrEvent | CommandName::DrCancel => {
+            let (reply, answer) = oneshot::channel();
+            let req = Control::Command { cmd: cmd.cmd, args: cmd.args.clone(), reply };
+            ctx.control.send(req).await.map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?;
+            match answer.await {
+                Ok(Ok(v)) => Ok(Some(v)),
+                Ok(Err((code, msg))) => Err(cmd.refuse(code, msg)),
+                Err(_) => Err(cmd.refuse(RefusalCode::Internal, "no answer from the control loops")),
+            }
+        }
+    }
+}
+
+pub fn buffer_stats(ctx: &ExecutorContext) -> Value {
+    let oldest = ctx.store.oldest_record_age_s(Utc::now());
+    json!({
+        "depth": ctx.store.depth(),
+        "oldest_age_s": oldest,
+        "bytes_on_disk": ctx.store.size_on_disk(),
+        "journaled": ctx.counters.readings_journaled.load(Ordering::Relaxed),
+        "published": ctx.counters.published.load(Ordering::Relaxed),
+        "dropped": ctx.counters.readings_dropped.load(Ordering::Relaxed),
+    })
+}
+
+async fn status(ctx: &ExecutorContext) -> Value {
+    let sources: Vec<Value> = ctx
+        .sources
+        .iter()
+        .map(|s| {
+            let snap = s.snapshot();
+            let since: DateTime<Utc> = snap.since.into();
+            json!({"name": snap.name, "kind": snap.kind, "state": snap.state.as_str(), "since": rfc3339(since),
+                   "frames": snap.frames, "errors": snap.errors})
+        })
+        .collect();
+    let last_uplink_ms = ctx.counters.last_uplink_unix_ms.load(Ordering::Relaxed);
+    let (reply, answer) = oneshot::channel();
+    let control = match ctx.control.send(Control::LoopStatus { reply }).await {
+        Ok(()) => tokio::time::timeout(Duration::from_secs(2), answer).await.ok().and_then(Result::ok),
+        Err(_) => None,
+    };
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "gateway": ctx.config.gateway.id,
+        "started_at": rfc3339(ctx.started_at),
+        "uptime_s": ctx.started.elapsed().as_secs(),
+        "sources": sources,
+        "devices": ctx.config.device.len(),
+        "backlog": buffer_stats(ctx),
+        "mqtt_connected": ctx.counters.mqtt_connected.load(Ordering::Relaxed) == 1,
+        "last_uplink": DateTime::from_timestamp_millis(last_uplink_ms as i64).filter(|_| last_uplink_ms > 0).map(rfc3339),
+        "control": control.unwrap_or(Value::Null),
+    })
+}
+
+async fn device_upsert(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Value, Refusal> {
+    // The args are a [[device]] table in JSON; validated like the config file's devices. Keys are
+    // accepted here and stored, and never echoed.
+    let dev: DeviceConfig = cmd.args_as()?;
+    crate::config::check_device(&dev).map_err(|e| cmd.refuse(RefusalCode::InvalidArgs, e))?;
+    let activation = dev.activation().map_err(|e| cmd.refuse(RefusalCode::InvalidArgs, e.to_string()))?;
+    let json = serde_json::to_vec(&dev).map_err(|e| cmd.refuse(RefusalCode::Internal, e.to_string()))?;
+    ctx.store
+        .set_remote_device(&dev.name, Some(&json))
+        .map_err(|e| cmd.refuse(RefusalCode::Internal, e.to_string()))?;
+    let _ = ctx.store.flush().await;
+    let (reply, done) = oneshot::channel();
+    let name = dev.name.clone();
+    ctx.control
+        .send(Control::UpsertDevice { device: Box::new(dev.clone()), reply })
+        .await
+        .map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?;
+    let _ = done.await;
+    ctx.config.device.retain(|d| d.name != name);
+    ctx.config.device.push(dev);
+    let kind = match activation {
+        crate::config::Activation::Abp { .. } => "abp",
+        crate::config::Activation::Otaa { .. } => "otaa",
+    };
+    Ok(json!({"device": name, "activation": kind, "persisted": true}))
+}
+
+async fn device_remove(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Value, Refusal> {
+    let name = cmd
+        .args
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| cmd.refuse(RefusalCode::InvalidArgs, "args.name: expected a device name"))?
+        .to_string();
+    if !ctx.config.device.iter().any(|d| d.name == name) {
+        return Err(cmd.refuse(RefusalCode::InvalidArgs, format!("no device named {name:?}")));
+    }
+    ctx.store.set_remote_device(&name, None).map_err(|e| cmd.refuse(RefusalCode::Internal, e.to_string()))?;
+    let _ = ctx.store.flush().await;
+    let (reply, done) = oneshot::channel();
+    let _ = ctx.control.send(Control::RemoveDevice { device: name.clone(), reply }).await;
+    let _ = done.await;
+    ctx.config.device.retain(|d| d.name != name);
+    Ok(json!({"device": name, "removed": true}))
+}
