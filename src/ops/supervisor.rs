@@ -35,6 +35,11 @@ pub async fn run(config_path: PathBuf, mut cfg: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // Test hook (only with DISTRICT_GATEWAY_TEST_HOOKS=1): SIGUSR1 toggles a stalled core loop, so
+    // that tests can watch /healthz and the watchdog react. Ignored otherwise.
+    let hooks = std::env::var_os("DISTRICT_GATEWAY_TEST_HOOKS").is_some();
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut stalled = false;
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
     let mut tick = tokio::time::interval(if watchdog {
@@ -80,6 +85,13 @@ pub async fn run(config_path: PathBuf, mut cfg: Config) -> anyhow::Result<()> {
                         };
                         journal_response(&daemon.control, payload).await;
                     }
+                }
+            }
+            _ = usr1.recv() => {
+                if hooks {
+                    stalled = !stalled;
+                    daemon.health.stall_for_test(stalled);
+                    tracing::warn!(stalled, "test hook: core loop stall toggled");
                 }
             }
             _ = tick.tick() => {
