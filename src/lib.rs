@@ -5,11 +5,13 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod control;
 pub mod decode;
 pub mod events;
 pub mod ingest;
 pub mod io;
 pub mod keys;
+pub mod loops;
 pub mod lorawan;
 pub mod meter;
 pub mod netserver;

@@ -107,6 +107,8 @@ pub struct SourceDownlink {
 const STORE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Requests journaled in one group commit, at most.
 const MAX_GROUP: usize = 512;
+/// The control loops' state is also saved this often (and at once when an event fired).
+const LOOPS_SAVE_EVERY: Duration = Duration::from_secs(30);
 /// How often class C queues and downlink timeouts are looked at.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -216,9 +218,13 @@ impl Daemon {
             }
         }
         drop(tx);
+        let (loops, relays) = build_loops(config)?;
         let pipeline = Pipeline {
             gateway_id: config.gateway.id.clone(),
             health: health.clone(),
+            loops,
+            loops_state_path: data_dir.join("loops.json"),
+            relays,
             ns,
             store: store.clone(),
             journaled: journaled.clone(),
@@ -470,6 +476,33 @@ fn load_js_codec(config: &Config, profile: &str, path: &str) -> anyhow::Result<B
     Ok(Box::new(codec))
 }
 
+type Relays = std::collections::HashMap<u32, crate::io::gpio::Relay<crate::io::gpio::RppalOutput>>;
+
+/// The control loops, restored from the state file, and the relays they switch (GPIO: on a Pi only,
+/// and a config that needs them fails to start elsewhere, saying so).
+fn build_loops(config: &Config) -> anyhow::Result<(crate::loops::Loops, Relays)> {
+    let now = Utc::now();
+    let loops = crate::loops::Loops::new(config, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut relays = Relays::new();
+    if let Some(dr) = &config.demand_response {
+        for load in &dr.load {
+            if let Some(crate::control::demand::params::OutputSpec::Gpio { pins, active_low }) = &load.output {
+                for pin in pins {
+                    let cfg = crate::io::gpio::RelayConfig {
+                        name: load.name.clone(),
+                        pin: u8::try_from(*pin).unwrap_or(u8::MAX),
+                        active_low: *active_low,
+                    };
+                    let relay = crate::io::gpio::open_relay(&cfg)
+                        .map_err(|e| anyhow::anyhow!("demand_response.load {:?}: {e}", load.name))?;
+                    relays.insert(*pin, relay);
+                }
+            }
+        }
+    }
+    Ok((loops, relays))
+}
+
 /// A device table as the network server wants it.
 fn provisioning(d: &crate::config::DeviceConfig) -> Result<(DeviceInfo, Provisioning), String> {
     let class = match d.class {
@@ -512,6 +545,27 @@ fn uplink_settings(config: &Config) -> anyhow::Result<mqtt::UplinkSettings> {
     })
 }
 
+fn read_loops_state(path: &Path) -> Option<crate::loops::LoopsState> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the control loops' saved state is unreadable; starting fresh");
+            None
+        }
+    }
+}
+
+/// Writes a file so that a crash leaves the old or the new content, never a mix.
+fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 fn now_ms() -> u64 {
     u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
 }
@@ -520,6 +574,10 @@ fn now_ms() -> u64 {
 struct Pipeline {
     gateway_id: String,
     health: crate::ops::health::Health,
+    loops: crate::loops::Loops,
+    loops_state_path: std::path::PathBuf,
+    /// Relays of demand-response loads wired to the gateway, by BCM pin.
+    relays: std::collections::HashMap<u32, crate::io::gpio::Relay<crate::io::gpio::RppalOutput>>,
     ns: NetworkServer,
     store: Store,
     journaled: Arc<Notify>,
@@ -530,6 +588,12 @@ struct Pipeline {
 
 impl Pipeline {
     async fn run(mut self, mut rx: mpsc::Receiver<IngestRequest>, mut control: mpsc::Receiver<Control>) {
+        let now = Utc::now();
+        if let Some(state) = read_loops_state(&self.loops_state_path) {
+            let out = self.loops.restore(state, now);
+            self.loop_output(out).await;
+        }
+        let mut last_save = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -550,9 +614,100 @@ impl Pipeline {
                 _ = tick.tick() => {
                     let out = self.ns.tick(now_ms());
                     self.apply(Batch::default(), out, 0).await;
+                    let lo = self.loops.tick(Utc::now());
+                    self.loop_output(lo).await;
+                    if last_save.elapsed() >= LOOPS_SAVE_EVERY {
+                        self.save_loops();
+                        last_save = tokio::time::Instant::now();
+                    }
                 }
             }
         }
+        self.save_loops();
+    }
+
+    fn save_loops(&self) {
+        let state = self.loops.snapshot(Utc::now());
+        match serde_json::to_vec(&state) {
+            Ok(bytes) => {
+                if let Err(e) = write_file_atomically(&self.loops_state_path, &bytes) {
+                    tracing::warn!(error = %e, "saving the control loops' state failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "serialising the control loops' state failed"),
+        }
+    }
+
+    /// Journals what the loops want published and hands their actuator commands on.
+    async fn loop_output(&mut self, lo: crate::loops::LoopOutput) {
+        if lo.publish.is_empty() && lo.actuate.is_empty() {
+            return;
+        }
+        let mut batch = Batch::default();
+        let n = self.push_publishes(&mut batch, lo.publish);
+        let out = self.actuate(lo.actuate);
+        self.apply(batch, out, n).await;
+        if lo.save_now {
+            self.save_loops();
+        }
+    }
+
+    fn push_publishes(&mut self, batch: &mut Batch, publish: Vec<crate::loops::Publish>) -> u64 {
+        use crate::loops::Publish;
+        let mut n = 0;
+        for p in publish {
+            let seq = self.store.allocate_seq();
+            let (topic_suffix, payload) = match p {
+                Publish::Aggregate(w) => (w.topic_suffix(), w.to_json(seq, &self.gateway_id)),
+                Publish::Event(e) => {
+                    tracing::info!(device = %e.device, event = e.kind, "event");
+                    (e.topic_suffix(), e.to_json(seq))
+                }
+                Publish::Json { topic_suffix, mut payload, .. } => {
+                    if let Some(o) = payload.as_object_mut() {
+                        o.entry("seq").or_insert(serde_json::Value::from(seq));
+                    }
+                    (topic_suffix, payload)
+                }
+            };
+            let payload = serde_json::to_vec(&payload).unwrap_or_else(|_| b"{}".to_vec());
+            batch.push_record(Record { seq, topic_suffix, payload });
+            n += 1;
+        }
+        n
+    }
+
+    /// Actuator commands: downlinks go to the network server's queues, relays are switched here.
+    fn actuate(&mut self, actuate: Vec<crate::loops::Actuate>) -> Output {
+        use crate::loops::Actuate;
+        let mut all = Output::default();
+        for a in actuate {
+            match a {
+                Actuate::Downlink { device, f_port, payload } => {
+                    match self.ns.enqueue(now_ms(), &device, f_port, &payload, false) {
+                        Ok((_, out)) => {
+                            all.persist.extend(out.persist);
+                            all.downlinks.extend(out.downlinks);
+                            all.notes.extend(out.notes);
+                        }
+                        Err(e) => tracing::warn!(%device, error = %e, "control-loop downlink not queued"),
+                    }
+                }
+                Actuate::Relays { load, pins, on, .. } => {
+                    for (pin, on) in pins.iter().zip(on) {
+                        match self.relays.get_mut(pin) {
+                            Some(r) => {
+                                if let Err(e) = r.set(on) {
+                                    tracing::error!(%load, pin, error = %e, "relay could not be switched");
+                                }
+                            }
+                            None => tracing::warn!(%load, pin, "no relay on this pin"),
+                        }
+                    }
+                }
+            }
+        }
+        all
     }
 
     async fn ingest(&mut self, group: Vec<IngestRequest>) {
@@ -561,22 +716,25 @@ impl Pipeline {
         let mut batch = Batch::default();
         let mut all = Output::default();
         let mut readings = 0u64;
+        let mut loop_out = crate::loops::LoopOutput::default();
         for req in &group {
             for sample in &req.meter {
                 Counters::inc(&self.counters.meter_samples);
+                let mut reading = crate::reading::Reading {
+                    seq: 0,
+                    gateway: self.gateway_id.clone(),
+                    device: sample.device.clone(),
+                    profile: "sml".into(),
+                    at: rfc3339(sample.at),
+                    metrics: sample.metrics.clone(),
+                    lorawan: None,
+                    error: None,
+                    warnings: vec![],
+                    errors: vec![],
+                };
+                loop_out.merge(self.loops.on_reading(now, &mut reading));
                 if self.publish_readings {
-                    let reading = crate::reading::Reading {
-                        seq: self.store.allocate_seq(),
-                        gateway: self.gateway_id.clone(),
-                        device: sample.device.clone(),
-                        profile: "sml".into(),
-                        at: rfc3339(sample.at),
-                        metrics: sample.metrics.clone(),
-                        lorawan: None,
-                        error: None,
-                        warnings: vec![],
-                        errors: vec![],
-                    };
+                    let reading = crate::reading::Reading { seq: self.store.allocate_seq(), ..reading };
                     batch.push_record(Record {
                         seq: reading.seq,
                         topic_suffix: reading.topic_suffix(),
@@ -591,6 +749,7 @@ impl Pipeline {
                     Outcome::Reading(mut reading) => {
                         Counters::inc(&self.counters.frames_ok);
                         self.counters.last_uplink_unix_ms.store(now_ms, std::sync::atomic::Ordering::Relaxed);
+                        loop_out.merge(self.loops.on_reading(now, &mut reading));
                         if self.publish_readings {
                             reading.seq = self.store.allocate_seq();
                             tracing::debug!(device = %reading.device, seq = reading.seq, "reading");
@@ -619,7 +778,16 @@ impl Pipeline {
                 all.notes.extend(out.notes);
             }
         }
+        // What the loops derived goes into the same batch (after the readings it came from).
+        readings += self.push_publishes(&mut batch, std::mem::take(&mut loop_out.publish));
+        let acted = self.actuate(std::mem::take(&mut loop_out.actuate));
+        all.persist.extend(acted.persist);
+        all.downlinks.extend(acted.downlinks);
+        all.notes.extend(acted.notes);
         let ok = self.apply(batch, all, readings).await;
+        if loop_out.save_now {
+            self.save_loops();
+        }
         for req in group {
             let _ = req.done.send(ok);
         }
@@ -662,15 +830,19 @@ impl Pipeline {
                 let _ = reply.send(());
             }
             Control::LoopStatus { reply } => {
-                let _ = reply.send(serde_json::json!({
-                    "lorawan": {"devices": self.ns.device_count(), "sessions": self.ns.session_count(), "queued_downlinks": self.ns.queued_downlinks()},
-                }));
+                let mut status = self.loops.status(Utc::now());
+                if let Some(o) = status.as_object_mut() {
+                    o.insert(
+                        "lorawan".into(),
+                        serde_json::json!({"devices": self.ns.device_count(), "sessions": self.ns.session_count(), "queued_downlinks": self.ns.queued_downlinks()}),
+                    );
+                }
+                let _ = reply.send(status);
             }
-            Control::Command { cmd, reply, .. } => {
-                let _ = reply.send(Err((
-                    crate::ops::commands::RefusalCode::UnknownCommand,
-                    format!("{} is not available: no such control loop is configured", cmd.as_str()),
-                )));
+            Control::Command { cmd, args, reply } => {
+                let (result, out) = self.loops.command(Utc::now(), cmd, &args);
+                let _ = reply.send(result);
+                self.loop_output(out).await;
             }
         }
     }

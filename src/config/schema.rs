@@ -428,6 +428,15 @@ pub struct DeviceConfig {
     pub class: DeviceClass,
     #[serde(default)]
     pub relax_fcnt: bool,
+    /// A waste container: its geometry gives `fill_pct` and the `container_full` / `container_emptied` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::events::ContainerGeometry>,
+    /// A tree: soil-moisture thresholds for `needs_water` / `watered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<crate::events::TreeThresholds>,
+    /// Raise `sensor_silent` when the device has not reported for this long (seconds). Default: not watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_silence_s: Option<u64>,
     /// True when the device came from `devices_file` rather than the main config.
     #[serde(skip)]
     pub from_devices_file: bool,
@@ -483,71 +492,15 @@ pub struct LightingConfig {
     pub zone: Vec<ZoneConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ZoneConfig {
-    pub name: String,
-    /// IANA time zone name for the zone's schedules, e.g. `Europe/Berlin`.
-    pub time_zone: String,
-    /// Lamp devices in order along the path.
-    pub lamps: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sensors: Vec<ZoneSensor>,
-    #[serde(default = "default_base_level_pct")]
-    pub base_level_pct: u8,
-    #[serde(default = "default_boost_level_pct")]
-    pub boost_level_pct: u8,
-    #[serde(default = "default_hold_s")]
-    pub hold_s: u32,
-    #[serde(default = "default_lamps_ahead")]
-    pub lamps_ahead: u32,
-}
-
-fn default_base_level_pct() -> u8 {
-    10
-}
-fn default_boost_level_pct() -> u8 {
-    100
-}
-fn default_hold_s() -> u32 {
-    90
-}
-fn default_lamps_ahead() -> u32 {
-    2
-}
+/// `[[lighting.zone]]`: the lighting loop's own parameter type (pinned keys plus the loop's tuning).
+pub type ZoneConfig = crate::control::lighting::params::ZoneParams;
+/// `lighting.zone.sensors`: a presence device and the lamp it stands at.
+pub type ZoneSensor = crate::control::lighting::params::SensorSpec;
 
 /// A presence device and the lamp it stands at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ZoneSensor {
-    pub device: String,
-    pub lamp: String,
-}
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DemandResponseConfig {
-    /// A device (or an SML source's `device`) whose readings carry `power_w`.
-    pub meter: String,
-    pub limit_kw: f64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub load: Vec<LoadConfig>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LoadKind {
-    SgReady,
-    Setpoint,
-    Switch,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoadConfig {
-    pub name: String,
-    pub kind: LoadKind,
-    pub rated_kw: f64,
-    /// Lower sheds first.
-    pub priority: u32,
-}
+/// `[demand_response]`: the demand-response loop's own parameter type (pinned keys plus tuning).
+pub type DemandResponseConfig = crate::control::demand::params::DemandParams;
+/// `[[demand_response.load]]`.
+pub type LoadConfig = crate::control::demand::params::LoadParams;
+pub use crate::control::demand::params::LoadKind;

@@ -718,7 +718,7 @@ fn check_lighting(doc: &Doc<'_>, zones: &[Zone], devices: &HashSet<String>, sink
             doc.problem(sink, p.key("lamps"), "must list at least one lamp device");
         }
         let mut seen: HashSet<&str> = HashSet::new();
-        for (i, lamp) in zone.lamps.iter().enumerate() {
+        for (i, lamp) in zone.lamps.iter().map(|l| l.device()).enumerate() {
             let lp = p.key("lamps").index(i);
             if !devices.contains(lamp) {
                 doc.problem(sink, lp, format!("no [[device]] is named {lamp:?}"));
@@ -735,7 +735,7 @@ fn check_lighting(doc: &Doc<'_>, zones: &[Zone], devices: &HashSet<String>, sink
             if !devices.contains(&s.device) {
                 doc.problem(sink, sp.key("device"), format!("no [[device]] is named {:?}", s.device));
             }
-            if !zone.lamps.contains(&s.lamp) {
+            if !zone.lamps.iter().any(|l| l.device() == s.lamp) {
                 doc.problem(sink, sp.key("lamp"), format!("{:?} is not one of this zone's lamps", s.lamp));
             }
         }
@@ -746,6 +746,12 @@ fn check_lighting(doc: &Doc<'_>, zones: &[Zone], devices: &HashSet<String>, sink
         }
         if zone.base_level_pct > zone.boost_level_pct && zone.base_level_pct <= 100 {
             doc.problem(sink, p.key("boost_level_pct"), "must not be below base_level_pct");
+        }
+        // The loop's own checks (schedule periods, debounce, ranges): reported at the zone's table.
+        for problem in zone.validate() {
+            if !problem.key.contains("level_pct") && !problem.key.ends_with("lamps") {
+                doc.problem(sink, p.clone(), problem.to_string());
+            }
         }
     }
 }
@@ -775,6 +781,15 @@ fn check_demand_response(
         if !(l.rated_kw.is_finite() && l.rated_kw > 0.0) {
             doc.problem(sink, lp.key("rated_kw"), "must be a positive number of kW");
         }
+    }
+    // The loop's own checks (limits, per-kind output wiring, §14a floor): reported at the section.
+    let mut full = dr.clone();
+    full.load = loads.iter().map(|(_, l)| l.clone()).collect();
+    for problem in full.validate() {
+        if problem.key.ends_with(".meter") || problem.key.ends_with(".limit_kw") || problem.key.ends_with(".name") {
+            continue; // reported above with their exact position
+        }
+        doc.problem(sink, p.clone(), problem.to_string());
     }
 }
 

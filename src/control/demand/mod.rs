@@ -49,7 +49,7 @@
 //! jump simply lasts longer.
 
 pub mod events;
-mod params;
+pub mod params;
 pub mod report;
 #[cfg(test)]
 mod tests;

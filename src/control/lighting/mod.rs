@@ -50,7 +50,7 @@
 //! the open energy window is reported as partial.
 
 mod energy;
-mod params;
+pub mod params;
 mod schedule;
 #[cfg(test)]
 mod tests;
