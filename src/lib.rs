@@ -4,6 +4,7 @@
 //! `config`. The shell: `io` (sources and the MQTT uplink), `store` (sled), `ops`, `runtime`, `sim`.
 
 pub mod aggregate;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod decode;

@@ -140,7 +140,7 @@ impl Daemon {
     pub async fn start_opts(config: &Config, options: Options) -> anyhow::Result<Daemon> {
         let hardware = options.hardware;
         let started = std::time::Instant::now();
-        let started_at = Utc::now();
+        let started_at = crate::clock::now();
         let data_dir = &config.resolve_path(&config.gateway.data_dir);
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
         restrict_permissions(data_dir);
@@ -343,7 +343,7 @@ fn metrics_fn(
             counters: counters.snapshot(),
             backlog_records: store.depth() as u64,
             backlog_bytes: store.size_on_disk(),
-            backlog_oldest_age_s: store.oldest_record_age_s(Utc::now()),
+            backlog_oldest_age_s: store.oldest_record_age_s(crate::clock::now()),
             readings_dropped: counters.readings_dropped.load(std::sync::atomic::Ordering::Relaxed),
             sources: source_metrics,
             commands: commands.snapshot(),
@@ -481,7 +481,7 @@ type Relays = std::collections::HashMap<u32, crate::io::gpio::Relay<crate::io::g
 /// The control loops, restored from the state file, and the relays they switch (GPIO: on a Pi only,
 /// and a config that needs them fails to start elsewhere, saying so).
 fn build_loops(config: &Config) -> anyhow::Result<(crate::loops::Loops, Relays)> {
-    let now = Utc::now();
+    let now = crate::clock::now();
     let loops = crate::loops::Loops::new(config, now).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut relays = Relays::new();
     if let Some(dr) = &config.demand_response {
@@ -540,7 +540,7 @@ fn uplink_settings(config: &Config) -> anyhow::Result<mqtt::UplinkSettings> {
         reconnect_min: Duration::from_millis(m.reconnect_min_ms),
         reconnect_max: Duration::from_millis(m.reconnect_max_ms),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        started_at: rfc3339(Utc::now()),
+        started_at: rfc3339(crate::clock::now()),
         window: 100,
     })
 }
@@ -567,7 +567,7 @@ fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn now_ms() -> u64 {
-    u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
+    u64::try_from(crate::clock::now().timestamp_millis()).unwrap_or(0)
 }
 
 /// The pipeline task: the shell around the pure network server, and its only owner.
@@ -588,13 +588,15 @@ struct Pipeline {
 
 impl Pipeline {
     async fn run(mut self, mut rx: mpsc::Receiver<IngestRequest>, mut control: mpsc::Receiver<Control>) {
-        let now = Utc::now();
+        let now = crate::clock::now();
         if let Some(state) = read_loops_state(&self.loops_state_path) {
             let out = self.loops.restore(state, now);
             self.loop_output(out).await;
         }
         let mut last_save = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval(TICK);
+        // With an accelerated clock (the demo) the loops are ticked more often in real time.
+        let tick_every = TICK.div_f64(crate::clock::speed().max(1.0)).max(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.health.loop_tick();
@@ -614,7 +616,7 @@ impl Pipeline {
                 _ = tick.tick() => {
                     let out = self.ns.tick(now_ms());
                     self.apply(Batch::default(), out, 0).await;
-                    let lo = self.loops.tick(Utc::now());
+                    let lo = self.loops.tick(crate::clock::now());
                     self.loop_output(lo).await;
                     if last_save.elapsed() >= LOOPS_SAVE_EVERY {
                         self.save_loops();
@@ -627,7 +629,7 @@ impl Pipeline {
     }
 
     fn save_loops(&self) {
-        let state = self.loops.snapshot(Utc::now());
+        let state = self.loops.snapshot(crate::clock::now());
         match serde_json::to_vec(&state) {
             Ok(bytes) => {
                 if let Err(e) = write_file_atomically(&self.loops_state_path, &bytes) {
@@ -711,7 +713,7 @@ impl Pipeline {
     }
 
     async fn ingest(&mut self, group: Vec<IngestRequest>) {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let now_ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
         let mut batch = Batch::default();
         let mut all = Output::default();
@@ -830,7 +832,7 @@ impl Pipeline {
                 let _ = reply.send(());
             }
             Control::LoopStatus { reply } => {
-                let mut status = self.loops.status(Utc::now());
+                let mut status = self.loops.status(crate::clock::now());
                 if let Some(o) = status.as_object_mut() {
                     o.insert(
                         "lorawan".into(),
@@ -840,7 +842,7 @@ impl Pipeline {
                 let _ = reply.send(status);
             }
             Control::Command { cmd, args, reply } => {
-                let (result, out) = self.loops.command(Utc::now(), cmd, &args);
+                let (result, out) = self.loops.command(crate::clock::now(), cmd, &args);
                 let _ = reply.send(result);
                 self.loop_output(out).await;
             }

@@ -87,7 +87,7 @@ pub async fn run(
                             }
                             status.frame();
                             backoff.reset();
-                            let sample = MeterSample { device: cfg.device.clone(), at: Utc::now(), metrics };
+                            let sample = MeterSample { device: cfg.device.clone(), at: crate::clock::now(), metrics };
                             if out.try_send(sample).is_err() {
                                 status.dropped();
                             }

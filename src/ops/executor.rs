@@ -48,7 +48,7 @@ pub fn verifier(config: &Config) -> Result<Verifier, String> {
 }
 
 pub async fn run(mut ctx: ExecutorContext, mut verifier: Verifier, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let now = Utc::now();
+    let now = crate::clock::now();
     match ctx.store.commands_seen(now.timestamp_millis()) {
         Ok(seen) => verifier.load_seen(
             now,
@@ -57,7 +57,7 @@ pub async fn run(mut ctx: ExecutorContext, mut verifier: Verifier, mut rx: mpsc:
         Err(e) => tracing::error!(error = %e, "cannot read the remembered command ids"),
     }
     while let Some(envelope) = rx.recv().await {
-        let now = Utc::now();
+        let now = crate::clock::now();
         verifier.prune(now);
         let cmd = match verifier.verify(now, &envelope) {
             Ok(c) => c,
@@ -107,7 +107,7 @@ pub async fn journal_response(control: &mpsc::Sender<Control>, payload: Vec<u8>)
 
 async fn execute(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Option<Value>, Refusal> {
     match cmd.cmd {
-        CommandName::Ping => Ok(Some(json!({"pong": true, "at": rfc3339(Utc::now())}))),
+        CommandName::Ping => Ok(Some(json!({"pong": true, "at": rfc3339(crate::clock::now())}))),
         CommandName::Status => Ok(Some(status(ctx).await)),
         CommandName::ConfigGet => Ok(Some(json!({"toml": ctx.config.redacted_toml()}))),
         CommandName::ConfigApply => {
@@ -145,7 +145,7 @@ async fn execute(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Option<Valu
 }
 
 pub fn buffer_stats(ctx: &ExecutorContext) -> Value {
-    let oldest = ctx.store.oldest_record_age_s(Utc::now());
+    let oldest = ctx.store.oldest_record_age_s(crate::clock::now());
     json!({
         "depth": ctx.store.depth(),
         "oldest_age_s": oldest,
