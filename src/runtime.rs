@@ -219,10 +219,13 @@ impl Daemon {
         }
         drop(tx);
         let (loops, relays) = build_loops(config)?;
+        let board =
+            crate::ops::board::Board::new_shared(config.device.iter().map(|d| (d.name.clone(), d.profile.clone())));
         let pipeline = Pipeline {
             gateway_id: config.gateway.id.clone(),
             health: health.clone(),
             loops,
+            board: board.clone(),
             loops_state_path: data_dir.join("loops.json"),
             relays,
             ns,
@@ -257,7 +260,16 @@ impl Daemon {
             health.clone(),
             started,
         );
-        let handlers = crate::ops::http::Handlers::new(metrics_fn, health.clone());
+        let mut handlers = crate::ops::http::Handlers::new(metrics_fn, health.clone());
+        handlers.page = page_fn(
+            config,
+            board.clone(),
+            store.clone(),
+            counters.clone(),
+            sources.clone(),
+            health.clone(),
+            started_at,
+        );
         tasks.spawn(http.run(handlers, shutdown_rx.clone()));
 
         let settings = uplink_settings(config)?;
@@ -351,6 +363,63 @@ fn metrics_fn(
             process: ProcessStats::read(),
             ..MetricsSnapshot::default()
         })
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn page_fn(
+    config: &Config,
+    board: crate::ops::board::SharedBoard,
+    store: Store,
+    counters: Arc<Counters>,
+    sources: Vec<Arc<SourceStatus>>,
+    health: crate::ops::health::Health,
+    started_at: chrono::DateTime<Utc>,
+) -> crate::ops::http::PageFn {
+    use crate::ops::board::{SourceView, StatusView};
+    use std::sync::atomic::Ordering::Relaxed;
+    let gateway_id = config.gateway.id.clone();
+    Arc::new(move || {
+        let now = crate::clock::now();
+        let report = health.check();
+        let (devices, control) = match board.lock() {
+            Ok(b) => (b.devices.values().cloned().collect(), b.control.clone()),
+            Err(_) => (Vec::new(), serde_json::Value::Null),
+        };
+        let view = StatusView {
+            gateway_id: gateway_id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            now: Some(now),
+            started_at: Some(started_at),
+            mqtt_connected: counters.mqtt_connected.load(Relaxed) == 1,
+            mqtt_reconnects: counters.mqtt_reconnects.load(Relaxed),
+            backlog_depth: store.depth() as u64,
+            backlog_oldest_age_s: store.oldest_record_age_s(now),
+            readings_journaled: counters.readings_journaled.load(Relaxed),
+            readings_published: counters.published.load(Relaxed),
+            readings_dropped: counters.readings_dropped.load(Relaxed),
+            healthy: report.healthy,
+            health_reason: report.reason(),
+            sources: sources
+                .iter()
+                .map(|s| {
+                    let snap = s.snapshot();
+                    SourceView {
+                        name: snap.name,
+                        kind: snap.kind.to_string(),
+                        state: snap.state.as_str().to_string(),
+                        since: Some(snap.since.into()),
+                        frames: snap.frames,
+                        errors: snap.errors,
+                        last_error: snap.last_error,
+                    }
+                })
+                .collect(),
+            devices,
+            control,
+            counters: counters.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        };
+        crate::ops::status_page::render(&view)
     })
 }
 
@@ -575,6 +644,7 @@ struct Pipeline {
     gateway_id: String,
     health: crate::ops::health::Health,
     loops: crate::loops::Loops,
+    board: crate::ops::board::SharedBoard,
     loops_state_path: std::path::PathBuf,
     /// Relays of demand-response loads wired to the gateway, by BCM pin.
     relays: std::collections::HashMap<u32, crate::io::gpio::Relay<crate::io::gpio::RppalOutput>>,
@@ -618,6 +688,9 @@ impl Pipeline {
                     self.apply(Batch::default(), out, 0).await;
                     let lo = self.loops.tick(crate::clock::now());
                     self.loop_output(lo).await;
+                    if let Ok(mut b) = self.board.lock() {
+                        b.control = self.loops.status(crate::clock::now());
+                    }
                     if last_save.elapsed() >= LOOPS_SAVE_EVERY {
                         self.save_loops();
                         last_save = tokio::time::Instant::now();
@@ -626,6 +699,12 @@ impl Pipeline {
             }
         }
         self.save_loops();
+    }
+
+    fn board_seen(&self, r: &crate::reading::Reading, now: chrono::DateTime<Utc>) {
+        if let Ok(mut b) = self.board.lock() {
+            b.seen(r, now);
+        }
     }
 
     fn save_loops(&self) {
@@ -735,6 +814,7 @@ impl Pipeline {
                     errors: vec![],
                 };
                 loop_out.merge(self.loops.on_reading(now, &mut reading));
+                self.board_seen(&reading, now);
                 if self.publish_readings {
                     let reading = crate::reading::Reading { seq: self.store.allocate_seq(), ..reading };
                     batch.push_record(Record {
@@ -752,6 +832,7 @@ impl Pipeline {
                         Counters::inc(&self.counters.frames_ok);
                         self.counters.last_uplink_unix_ms.store(now_ms, std::sync::atomic::Ordering::Relaxed);
                         loop_out.merge(self.loops.on_reading(now, &mut reading));
+                        self.board_seen(&reading, now);
                         if self.publish_readings {
                             reading.seq = self.store.allocate_seq();
                             tracing::debug!(device = %reading.device, seq = reading.seq, "reading");

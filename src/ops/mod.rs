@@ -1,5 +1,6 @@
 //! Operations: counters, logging (later: remote commands, metrics HTTP, systemd).
 
+pub mod board;
 pub mod commands;
 pub mod counters;
 pub mod executor;
@@ -7,4 +8,5 @@ pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod status_page;
 pub mod supervisor;
