@@ -67,6 +67,16 @@ pub trait OutputPin: Send + 'static {
     fn set_high(&mut self, high: bool) -> Result<(), GpioError>;
 }
 
+/// Lets the shell hold real and fake outputs behind one type.
+impl OutputPin for Box<dyn OutputPin> {
+    fn pin(&self) -> u8 {
+        (**self).pin()
+    }
+    fn set_high(&mut self, high: bool) -> Result<(), GpioError> {
+        (**self).set_high(high)
+    }
+}
+
 /// A PWM output; `duty` in 0.0..=1.0.
 pub trait PwmOutput: Send + 'static {
     fn set_duty(&mut self, duty: f64) -> Result<(), GpioError>;
@@ -286,6 +296,11 @@ pub struct Relay<O: OutputPin> {
 }
 
 impl<O: OutputPin> Relay<O> {
+    /// The output pin, for re-wrapping (e.g. behind a `Box<dyn OutputPin>`).
+    pub fn into_inner(self) -> O {
+        self.out
+    }
+
     /// Takes the pin and releases the relay.
     pub fn new(out: O, active_low: bool) -> Result<Self, GpioError> {
         let mut r = Relay { out, active_low, on: true };
