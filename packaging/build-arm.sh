@@ -53,6 +53,15 @@ for t in "${triples[@]}"; do
     p=$(gnu_prefix "$t")
     command -v "$p-gcc" >/dev/null || need_pkgs+=("gcc-$p")
     [ -e "/usr/$p/include/stdio.h" ] || need_pkgs+=("libc6-dev-$(deb_arch "$t")-cross")
+    if [ "$t" = armv7-unknown-linux-gnueabihf ]; then
+        # rquickjs has no pre-generated bindings for 32-bit Arm: bindgen needs libclang.
+        grep -q 'features = \["parallel", "bindgen"\]' Cargo.toml || {
+            echo "build-arm: armhf needs rquickjs's bindgen feature for target_arch = \"arm\" in Cargo.toml" \
+                "(end of packaging/cargo-deb-metadata.toml)" >&2
+            exit 1
+        }
+        dpkg-query -W -f='${db:Status-Status}' libclang-dev 2>/dev/null | grep -qx installed || need_pkgs+=(libclang-dev)
+    fi
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "${DG_NO_APT:-0}" = 1 ]; then
@@ -80,6 +89,8 @@ for t in "${triples[@]}"; do
     u=$(echo "$t" | tr '-' '_')
     export "CARGO_TARGET_${T}_LINKER=$p-gcc"
     export "CC_${u}=$p-gcc" "CXX_${u}=$p-g++" "AR_${u}=$p-ar"
+    # bindgen (armhf: rquickjs) must parse the target's C headers, not the host's.
+    export "BINDGEN_EXTRA_CLANG_ARGS_${u}=--sysroot=/usr/$p"
     echo "== $t ($(deb_arch "$t")), profile $PROFILE"
     start=$(date +%s)
     cargo deb --locked --target "$t" --profile "$PROFILE" --output "$OUT"
