@@ -180,6 +180,7 @@ impl Daemon {
                     status.set_up();
                     gwmp_addrs.push(addr);
                     let wiring = gwmp::Wiring {
+                        status: status.clone(),
                         pipeline: tx.clone(),
                         control: control_tx.clone(),
                         downlinks: dl_rx,

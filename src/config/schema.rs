@@ -497,8 +497,6 @@ pub type ZoneConfig = crate::control::lighting::params::ZoneParams;
 /// `lighting.zone.sensors`: a presence device and the lamp it stands at.
 pub type ZoneSensor = crate::control::lighting::params::SensorSpec;
 
-/// A presence device and the lamp it stands at.
-
 /// `[demand_response]`: the demand-response loop's own parameter type (pinned keys plus tuning).
 pub type DemandResponseConfig = crate::control::demand::params::DemandParams;
 /// `[[demand_response.load]]`.

@@ -181,7 +181,7 @@ impl Schedule {
                 .into_iter()
                 .flatten()
                 .any(|d| self.period_interval(p, d).is_some_and(|(a, b)| a <= t && t < b));
-            if hit && best.map_or(true, |b| p.specificity > b.specificity) {
+            if hit && best.is_none_or(|b| p.specificity > b.specificity) {
                 best = Some(p);
             }
         }
@@ -221,7 +221,7 @@ impl Schedule {
         }
         let mut best: Option<DateTime<Utc>> = None;
         let mut consider = |c: DateTime<Utc>| {
-            if c > t && best.map_or(true, |b| c < b) {
+            if c > t && best.is_none_or(|b| c < b) {
                 best = Some(c);
             }
         };

@@ -32,6 +32,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
 
 /// The channels a source task is wired with.
 pub struct Wiring {
+    pub status: Arc<crate::io::status::SourceStatus>,
     pub pipeline: mpsc::Sender<IngestRequest>,
     pub control: mpsc::Sender<Control>,
     pub downlinks: mpsc::Receiver<SourceDownlink>,
@@ -119,6 +120,9 @@ pub async fn run(name: String, index: usize, socket: UdpSocket, mut w: Wiring) {
                         }
                     }
                 }
+                for _ in &frames {
+                    w.status.frame();
+                }
                 let ack = packet::push_ack(version, token);
                 if frames.is_empty() {
                     send(&socket, &ack, from).await;
@@ -159,6 +163,7 @@ pub async fn run(name: String, index: usize, socket: UdpSocket, mut w: Wiring) {
             }
             Err(e) => {
                 Counters::inc(&counters.datagrams_bad);
+                w.status.error(format!("bad datagram: {e}"));
                 tracing::warn!(source = %name, %from, len, error = %e, "bad datagram");
             }
         }
