@@ -733,9 +733,9 @@ impl Pipeline {
             return;
         }
         let mut batch = Batch::default();
-        let n = self.push_publishes(&mut batch, lo.publish);
+        self.push_publishes(&mut batch, lo.publish);
         let out = self.actuate(lo.actuate);
-        self.apply(batch, out, n).await;
+        self.apply(batch, out, 0).await;
         if lo.save_now {
             self.save_loops();
         }
@@ -870,7 +870,7 @@ impl Pipeline {
             }
         }
         // What the loops derived goes into the same batch (after the readings it came from).
-        readings += self.push_publishes(&mut batch, std::mem::take(&mut loop_out.publish));
+        self.push_publishes(&mut batch, std::mem::take(&mut loop_out.publish));
         let acted = self.actuate(std::mem::take(&mut loop_out.actuate));
         all.persist.extend(acted.persist);
         all.downlinks.extend(acted.downlinks);
@@ -901,7 +901,7 @@ impl Pipeline {
             Control::Journal { topic_suffix, payload, reply } => {
                 let mut batch = Batch::default();
                 batch.push_record(Record { seq: self.store.allocate_seq(), topic_suffix, payload });
-                let ok = self.apply(batch, Output::default(), 1).await;
+                let ok = self.apply(batch, Output::default(), 0).await;
                 let _ = reply.send(ok);
             }
             Control::UpsertDevice { device, reply } => {
@@ -940,7 +940,10 @@ impl Pipeline {
 
     /// Journals `batch` plus the state in `out`, flushes, and only then sends the downlinks.
     /// Returns whether everything is on disk.
+    /// `readings` counts the readings in `batch` (for the metric); other records (aggregates, events,
+    /// command answers) wake the uplink too but are not readings.
     async fn apply(&mut self, mut batch: Batch, out: Output, readings: u64) -> bool {
+        let has_records = batch.len() > 0;
         for p in out.persist {
             match p {
                 Persist::FcntUp { device, fcnt } => batch.set_fcnt(&device, fcnt),
@@ -979,7 +982,7 @@ impl Pipeline {
             return false;
         }
         self.counters.readings_journaled.fetch_add(readings, std::sync::atomic::Ordering::Relaxed);
-        if readings > 0 {
+        if has_records {
             self.journaled.notify_one();
         }
         for d in out.downlinks {

@@ -153,13 +153,16 @@ async fn switch(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let report = d.health.check();
+            let connected = d.counters.mqtt_connected.load(Ordering::Relaxed) == 1;
             d.stop().await;
-            format!(
-                "not healthy within {} s ({}; broker {})",
-                bound.as_secs(),
-                report.reason(),
-                if report.healthy { "unreachable" } else { "unknown" }
-            )
+            let mut why = Vec::new();
+            if !report.healthy {
+                why.push(report.reason());
+            }
+            if !connected {
+                why.push("the broker could not be reached".to_string());
+            }
+            format!("not healthy within {} s: {}", bound.as_secs(), why.join("; "))
         }
         Err(e) => format!("the new configuration could not start: {e:#}"),
     };
