@@ -1181,8 +1181,6 @@ fn metrics_count_what_was_sent_and_healthz_follows_a_stalled_core_loop() {
 }
 
 #[test]
-#[ignore = "daemon bug: runtime.rs Pipeline::control journals each cmd/res answer with `readings = 1`, so \
-            district_gateway_readings_journaled_total (and buffer.stats.journaled) count command answers as readings"]
 fn readings_journaled_counts_readings_only() {
     let mut devs = devices("dev", 2);
     let mut r = rig("ops-journaled", &devs, false);
