@@ -35,10 +35,16 @@ enum Command {
     /// A simulated district on this machine: embedded broker, simulated devices, the real daemon.
     #[cfg(feature = "demo")]
     Demo {
-        /// Stop after this many seconds (default: run until Ctrl-C).
+        /// Stop after this many real seconds (default: run until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
-        /// Use this broker (mqtt://host:port) instead of the embedded one.
+        /// Simulated seconds per real second (900: a night passes in a minute).
+        #[arg(long, default_value_t = 900.0)]
+        speed: f64,
+        /// Write a night-and-day report (HTML with SVG charts) to PATH at the end.
+        #[arg(long, value_name = "PATH")]
+        report: Option<PathBuf>,
+        /// Use this broker (mqtt://host:port) instead of the embedded one (then there is no outage).
         #[arg(long)]
         broker: Option<String>,
     },
@@ -130,9 +136,16 @@ fn main() -> ExitCode {
             })
         }
         #[cfg(feature = "demo")]
-        Command::Demo { seconds, broker } => {
-            ops::logging::init("warn,rumqttd=off");
-            block_on(district_gateway::sim::demo::run(seconds, broker))
+        Command::Demo { seconds, speed, report, broker } => {
+            // The live view is the demo's output; the daemon's own warnings (e.g. about the planned
+            // broker outage) would only clutter it.
+            ops::logging::init("error,rumqttd=off");
+            if !(speed.is_finite() && (0.1..=10_000.0).contains(&speed)) {
+                eprintln!("district-gateway: --speed must be 0.1..=10000");
+                return ExitCode::from(2);
+            }
+            let args = district_gateway::sim::demo::DemoArgs { seconds, speed, broker, report };
+            block_on(district_gateway::sim::demo::run(args))
         }
         #[cfg(feature = "demo")]
         Command::Broker { bind } => {

@@ -943,7 +943,8 @@ impl Pipeline {
     /// `readings` counts the readings in `batch` (for the metric); other records (aggregates, events,
     /// command answers) wake the uplink too but are not readings.
     async fn apply(&mut self, mut batch: Batch, out: Output, readings: u64) -> bool {
-        let has_records = batch.len() > 0;
+        let records = batch.len() as u64;
+        let has_records = records > 0;
         for p in out.persist {
             match p {
                 Persist::FcntUp { device, fcnt } => batch.set_fcnt(&device, fcnt),
@@ -982,6 +983,7 @@ impl Pipeline {
             return false;
         }
         self.counters.readings_journaled.fetch_add(readings, std::sync::atomic::Ordering::Relaxed);
+        self.counters.records_journaled.fetch_add(records, std::sync::atomic::Ordering::Relaxed);
         if has_records {
             self.journaled.notify_one();
         }

@@ -48,7 +48,8 @@ impl Fwd {
             let Ok(Ok((n, _))) = tokio::time::timeout(left, self.sock.recv_from(&mut b)).await else { break };
             if n > 4 && b[3] == 3 {
                 let v: Value = serde_json::from_slice(&b[4..n]).unwrap();
-                let data = base64::engine::general_purpose::STANDARD.decode(v["txpk"]["data"].as_str().unwrap()).unwrap();
+                let data =
+                    base64::engine::general_purpose::STANDARD.decode(v["txpk"]["data"].as_str().unwrap()).unwrap();
                 out.push((v["txpk"].clone(), data));
             }
         }
@@ -184,7 +185,10 @@ async fn a_feeder_over_its_limit_sheds_loads_through_relays_and_downlinks() {
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     // The Holley meter dump says 460 W: over the 0.1 kW limit.
-    let dump = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/sml/libsml-testing/HOLLEY_DTZ541-ZDBA.bin")).unwrap();
+    let dump = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/sml/libsml-testing/HOLLEY_DTZ541-ZDBA.bin"),
+    )
+    .unwrap();
     for _ in 0..3 {
         master.write_all(&dump).unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -211,7 +215,11 @@ async fn a_feeder_over_its_limit_sheds_loads_through_relays_and_downlinks() {
     })
     .await
     .unwrap();
-    let last = status.iter().rev().find(|m| m.json["loads"]["hp-1"]["state"] == "blocked").expect("dr/status with hp-1 blocked");
+    let last = status
+        .iter()
+        .rev()
+        .find(|m| m.json["loads"]["hp-1"]["state"] == "blocked")
+        .expect("dr/status with hp-1 blocked");
     assert_eq!(last.json["limit_kw"].as_f64().unwrap(), 0.1);
     assert!((last.json["measured_kw"].as_f64().unwrap() - 0.46).abs() < 0.01, "{}", last.json);
     assert!(last.retain, "dr/status is retained");

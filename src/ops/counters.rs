@@ -44,6 +44,7 @@ counters! {
     decode_errors: "payloads the device's decoder could not decode (reading kept with an error)",
     meter_samples: "smart-meter readings received (SML frames with values)",
     readings_journaled: "readings written to the journal",
+    records_journaled: "outbox records written to the journal (readings, aggregates, events, command answers)",
     journal_errors: "journal writes that failed",
     published: "outbox records acknowledged by the broker (PUBACK)",
     readings_dropped: "readings dropped by the buffer policy (disk bound reached)",
