@@ -1059,9 +1059,6 @@ fn config_apply_rolls_back_by_itself_and_invalid_configs_change_nothing() {
 }
 
 #[test]
-#[ignore = "daemon bug: io/mqtt.rs Link publishes every backlog record with reading::mark_replayed, so a cmd/res \
-            answer journaled before the broker connection (the rollback answer of config.apply) gets a \
-            `\"replayed\": true` field outside the pinned cmd/res shape (and `replayed` is also a refusal code)"]
 fn a_rollback_answer_keeps_the_pinned_cmd_res_shape() {
     let devs = devices("dev", 1);
     let r = rig("ops-shape", &devs, false);

@@ -749,7 +749,15 @@ fn check_lighting(doc: &Doc<'_>, zones: &[Zone], devices: &HashSet<String>, sink
         }
         // The loop's own checks (schedule periods, debounce, ranges): reported at the zone's table.
         for problem in zone.validate() {
-            if !problem.key.contains("level_pct") && !problem.key.ends_with("lamps") {
+            // Names, references and levels are reported above with their exact positions.
+            let k = problem.key.as_str();
+            let dup = k.contains("level_pct")
+                || k.contains("lamps")
+                || k.ends_with(".lamp")
+                || k.ends_with(".device")
+                || k.ends_with("name")
+                || k.ends_with("time_zone");
+            if !dup {
                 doc.problem(sink, p.clone(), problem.to_string());
             }
         }
