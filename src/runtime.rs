@@ -146,7 +146,13 @@ impl Daemon {
         let data_dir = &config.resolve_path(&config.gateway.data_dir);
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating data_dir {}", data_dir.display()))?;
         restrict_permissions(data_dir);
-        let store = Store::open(&data_dir.join("store"), STORE_CACHE_BYTES)?;
+        let store = Store::open_with(
+            &data_dir.join("store"),
+            crate::store::StoreOptions {
+                cache_bytes: STORE_CACHE_BYTES,
+                ..crate::store::StoreOptions::from_config(config)
+            },
+        )?;
         let config = &with_remote_devices(config, &store)?;
         let health = crate::ops::health::Health::new(Duration::from_secs(10));
         let commands = Arc::new(crate::ops::commands::CommandCounts::default());
@@ -276,9 +282,10 @@ impl Daemon {
         tasks.spawn(http.run(handlers, shutdown_rx.clone()));
 
         let settings = uplink_settings(config)?;
+        let policy = mqtt::UplinkPolicy::from_config(config);
         let (store2, counters2, rx2) = (store.clone(), counters.clone(), shutdown_rx.clone());
         tasks.spawn(async move {
-            if let Err(e) = mqtt::run(settings, store2, journaled, counters2, cmd_tx, rx2).await {
+            if let Err(e) = mqtt::run_with(settings, policy, store2, journaled, counters2, cmd_tx, rx2).await {
                 tracing::error!(error = %e, "uplink stopped");
             }
         });

@@ -108,7 +108,18 @@ fn a_broker_outage_under_traffic_loses_nothing_and_keeps_order() {
     let mut broker = Broker::start();
     let sub = Subscriber::start(broker.port, "city/e2e-03/#");
     let mut devs = devices(3);
-    let daemon = Daemon::start("e2e-03", &broker.url(), &devs);
+    let mut daemon = Daemon::start("e2e-03", &broker.url(), &devs);
+    // A restarted test broker keeps no subscriptions: give the test's subscriber time to subscribe
+    // again before the daemon reconnects and drains its backlog (otherwise the *subscriber* misses
+    // messages the broker delivered to nobody).
+    daemon.kill9();
+    let text = std::fs::read_to_string(&daemon.config).unwrap();
+    let text = text
+        .replace("reconnect_min_ms = 200", "reconnect_min_ms = 2500")
+        .replace("reconnect_max_ms = 1000", "reconnect_max_ms = 4000");
+    std::fs::write(&daemon.config, text).unwrap();
+    daemon.spawn();
+    assert!(wait_until(Duration::from_secs(10), || !sub.on_topic("/state").is_empty()));
     let mut fwd = Forwarder::new();
     let mut acked = Vec::new();
     let send = |devs: &mut Vec<SimDevice>, fwd: &mut Forwarder, n: usize, acked: &mut Vec<(String, u64)>| {

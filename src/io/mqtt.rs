@@ -12,7 +12,28 @@
 //! while `poll()` is suspended and the connection is known to be up; `poll()` drains the request channel
 //! into its pending list (cleared on reconnect) before it returns the error, so nothing we queued before
 //! the error can leak into the next connection. The poll future is kept pinned across `select!` rounds
-//! and is never cancelled mid-operation.
+//! and is never cancelled mid-operation. Both publishing cursors below (live and drain) queue through
+//! the same client from this one task, so they share the one FIFO. Failover only swaps
+//! `EventLoop::mqtt_options` between connections, which changes nothing of the above.
+//!
+//! Why not a persistent session (`clean_session = false`): rumqttc would then re-send its pending
+//! publishes itself after a reconnect, with packet ids from the old connection, which breaks the FIFO
+//! pairing; the broker would hold per-gateway state that a failover to another broker does not have;
+//! and it adds nothing to delivery, because the outbox on disk already re-sends every record without
+//! a PUBACK after every reconnect (and after a restart, which a broker session does not cover). The
+//! session that survives reconnects is ours: the outbox, `seq`, and the `cmd/req` subscription, which is
+//! renewed on every CONNACK.
+//!
+//! Live first, order per device. When a connection comes up, every record committed so far
+//! (`seq <= replay_upto`) is *backlog*, published with `"replayed": true` by the **drain** cursor at
+//! `buffer.replay_rate`, using at most 90 % of the in-flight window; newer records are *live*, published
+//! at once by the **live** cursor. Order per topic (= per device and kind) is kept by one rule: a live
+//! record whose topic still has records ahead of the drain cursor (backlog, or live records already
+//! held back) is held back too, and the drain cursor publishes it in seq order after the topic's
+//! backlog; once the drain cursor has passed all of a topic's held records, its live records go
+//! straight out again. So devices without backlog are never delayed by it, and a device with backlog
+//! has its live readings wait for its own older ones only. Both cursors walk the outbox in seq order,
+//! so the drain cursor never runs ahead of the live one. Memory: two maps keyed by topic.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -28,7 +49,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::ops::counters::Counters;
 use crate::reading::mark_replayed;
-use crate::store::Store;
+use crate::store::{Record, Store};
 
 /// Where and how to connect. Built from the config by the runtime.
 #[derive(Clone)]
@@ -90,17 +111,128 @@ fn options(s: &UplinkSettings) -> anyhow::Result<MqttOptions> {
     Ok(o)
 }
 
+/// One broker to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// Failover and replay: the brokers in the order they are tried, and the drain rate.
+#[derive(Debug, Clone)]
+pub struct UplinkPolicy {
+    /// Empty: only `UplinkSettings::host`/`port`/`tls`.
+    pub brokers: Vec<BrokerAddr>,
+    /// Backlog messages per second after an outage (live records are not limited).
+    pub replay_rate: u32,
+}
+
+impl Default for UplinkPolicy {
+    fn default() -> Self {
+        UplinkPolicy { brokers: Vec::new(), replay_rate: 2000 }
+    }
+}
+
+impl UplinkPolicy {
+    /// `mqtt.url` then `mqtt.urls`, and `buffer.replay_rate`.
+    pub fn from_config(config: &crate::config::Config) -> UplinkPolicy {
+        UplinkPolicy {
+            brokers: config
+                .mqtt
+                .brokers()
+                .map(|u| BrokerAddr { host: u.host.clone(), port: u.port, tls: u.tls })
+                .collect(),
+            replay_rate: config.buffer.replay_rate.max(1),
+        }
+    }
+}
+
+/// How often the store's housekeeping runs (acknowledgements to the log, segment deletion, drop
+/// episodes), and the drain's pacing tick.
+const MAINTAIN_EVERY: Duration = Duration::from_millis(200);
+const DRAIN_TICK: Duration = Duration::from_millis(10);
+
+/// A queued or in-flight publish: its outbox seq (None: not an outbox record) and whether the drain
+/// cursor sent it.
+type Sent = Option<(u64, bool)>;
+
+/// The drain of the backlog that was in the outbox when the connection came up.
+struct Drain {
+    /// Records at or below this seq were in the outbox when the connection came up.
+    replay_upto: u64,
+    /// Per topic: the last seq journaled on it by the time the connection came up.
+    backlog_last: HashMap<String, u64>,
+    /// Per topic: the last live record the live cursor held back (the drain cursor publishes it).
+    held_last: HashMap<String, u64>,
+    /// Next seq the drain cursor looks at. It never passes the live cursor.
+    cursor: u64,
+    done: bool,
+    tokens: f64,
+    refilled: tokio::time::Instant,
+    rate: f64,
+}
+
+impl Drain {
+    fn new(replay_upto: u64, backlog_last: HashMap<String, u64>, rate: u32) -> Drain {
+        let backlog_last = backlog_last.into_iter().map(|(t, s)| (t, s.min(replay_upto))).collect();
+        Drain {
+            replay_upto,
+            backlog_last,
+            held_last: HashMap::new(),
+            cursor: 0,
+            done: false,
+            tokens: 0.0,
+            refilled: tokio::time::Instant::now(),
+            rate: f64::from(rate.max(1)),
+        }
+    }
+
+    /// Whether a live record on `topic` must wait for the drain cursor.
+    fn holds(&self, topic: &str) -> bool {
+        !self.done
+            && (self.backlog_last.get(topic).is_some_and(|l| *l >= self.cursor)
+                || self.held_last.get(topic).is_some_and(|l| *l >= self.cursor))
+    }
+
+    /// Whether the drain cursor publishes `r` (backlog, or a live record that was held back).
+    fn owns(&self, r: &Record) -> bool {
+        r.seq <= self.replay_upto || self.held_last.get(&r.topic_suffix).is_some_and(|l| r.seq <= *l)
+    }
+
+    fn refill(&mut self) {
+        let now = tokio::time::Instant::now();
+        let burst = (self.rate / 10.0).max(1.0);
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate).min(burst);
+        self.refilled = now;
+    }
+
+    fn check_done(&mut self) {
+        if self.cursor > self.replay_upto && self.held_last.values().all(|l| *l < self.cursor) {
+            self.done = true;
+            self.backlog_last.clear();
+            self.held_last.clear();
+        }
+    }
+}
+
 /// What the uplink is doing, for status and metrics.
 struct Link {
     connected: bool,
-    /// Next outbox seq to publish on this connection.
-    cursor: u64,
-    /// Records at or below this seq were in the outbox when the connection came up: they are replays.
-    replay_upto: u64,
-    /// Publishes queued to rumqttc whose packet id we have not seen yet (None = not an outbox record).
-    queued: VecDeque<Option<u64>>,
-    /// Packet id → outbox seq, for publishes awaiting their PUBACK.
-    inflight: HashMap<u16, Option<u64>>,
+    /// Next outbox seq the live cursor looks at.
+    live: u64,
+    drain: Drain,
+    /// Publishes queued to rumqttc whose packet id we have not seen yet.
+    queued: VecDeque<Sent>,
+    /// Packet id → what it carries, for publishes awaiting their PUBACK.
+    inflight: HashMap<u16, Sent>,
+    /// Drain publishes queued or in flight.
+    drain_unacked: usize,
+}
+
+/// Topics PRODUCT.md pins as retained: the latest zone state and demand-response status.
+fn retained_topic(topic_suffix: &str) -> bool {
+    topic_suffix.starts_with("lighting/") || topic_suffix == "dr/status"
 }
 
 impl Link {
@@ -108,14 +240,42 @@ impl Link {
         self.queued.len() + self.inflight.len()
     }
 
-    /// Queues outbox records until the window is full.
+    fn publish(&mut self, client: &AsyncClient, s: &UplinkSettings, r: Record, replayed: bool, drain: bool) -> bool {
+        // `"replayed": true` marks data messages (readings, aggregates, events) sent late; a `cmd/res`
+        // or a state message keeps its pinned shape.
+        let data = !matches!(r.kind(), crate::store::RecordKind::Other);
+        let payload = if replayed && data { mark_replayed(&r.payload) } else { r.payload };
+        let retain = retained_topic(&r.topic_suffix);
+        let topic = format!("{}{}", s.topic_base, r.topic_suffix);
+        if client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_err() {
+            return false; // request channel full: try again after the next event
+        }
+        self.queued.push_back(Some((r.seq, drain)));
+        if drain {
+            self.drain_unacked += 1;
+        }
+        true
+    }
+
+    /// A PUBACK (or the end of a connection) for what `sent` carried.
+    fn settle(&mut self, sent: Sent) -> Option<u64> {
+        let (seq, drain) = sent?;
+        if drain {
+            self.drain_unacked = self.drain_unacked.saturating_sub(1);
+        }
+        Some(seq)
+    }
+
+    /// Queues outbox records until the window is full: live records first, then the backlog at the
+    /// replay rate in the window less a reserve for live records.
     fn top_up(&mut self, client: &AsyncClient, store: &Store, s: &UplinkSettings) {
         if !self.connected {
             return;
         }
-        while self.unacked() < s.window {
+        // Live.
+        'live: while self.unacked() < s.window {
             let want = s.window - self.unacked();
-            let records = match store.read_from(self.cursor, want) {
+            let records = match store.read_range(self.live, u64::MAX, want, |_| true) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the outbox failed");
@@ -123,26 +283,89 @@ impl Link {
                 }
             };
             if records.is_empty() {
-                return;
+                break;
             }
             for r in records {
-                let payload = if r.seq <= self.replay_upto { mark_replayed(&r.payload) } else { r.payload };
-                let topic = format!("{}{}", s.topic_base, r.topic_suffix);
-                if client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_err() {
-                    // Request channel full: try again after the next event.
+                let seq = r.seq;
+                if self.drain.holds(&r.topic_suffix) {
+                    self.drain.held_last.insert(r.topic_suffix.clone(), seq);
+                    self.live = seq + 1;
+                    continue;
+                }
+                if !self.publish(client, s, r, false, false) {
+                    break 'live;
+                }
+                self.live = seq + 1;
+            }
+        }
+        // Drain.
+        if self.drain.done {
+            return;
+        }
+        self.drain.refill();
+        // The drain may fill the window up to a reserve kept for live records (which are queued
+        // first anyway); reading in batches of at least a quarter of it keeps the outbox reads cheap.
+        let cap = (s.window * 9 / 10).max(1);
+        let batch = (cap / 4).max(1);
+        while self.drain_unacked < cap && self.unacked() < s.window && self.drain.tokens >= 1.0 {
+            let want = (cap - self.drain_unacked).min(s.window - self.unacked()).min(self.drain.tokens as usize).max(1);
+            if want < batch && self.drain_unacked > 0 && (self.drain.tokens as usize) >= batch {
+                return; // wait for more PUBACKs and read a bigger batch then
+            }
+            let drain = &self.drain;
+            let records = match store.read_range(drain.cursor, self.live, want, |r| drain.owns(r)) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the outbox backlog failed");
                     return;
                 }
-                self.queued.push_back(Some(r.seq));
-                self.cursor = r.seq + 1;
+            };
+            let got = records.len();
+            for r in records {
+                let seq = r.seq;
+                let replayed = seq <= self.drain.replay_upto;
+                if !self.publish(client, s, r, replayed, true) {
+                    return;
+                }
+                self.drain.cursor = seq + 1;
+                self.drain.tokens -= 1.0;
+            }
+            if got < want {
+                // Nothing more of ours before the live cursor.
+                self.drain.cursor = self.live;
+                self.drain.check_done();
+                if self.drain.done {
+                    tracing::info!("backlog drained");
+                }
+                return;
             }
         }
     }
 }
 
-/// Runs until `shutdown` turns true. Never returns an error for broker trouble: it retries forever with
-/// exponential backoff and jitter.
+/// Runs until `shutdown` turns true, connecting to `s.host` only. See [`run_with`].
 pub async fn run(
     s: UplinkSettings,
+    store: Store,
+    journaled: Arc<Notify>,
+    counters: Arc<Counters>,
+    commands: tokio::sync::mpsc::Sender<Vec<u8>>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    run_with(s, UplinkPolicy::default(), store, journaled, counters, commands, shutdown).await
+}
+
+fn broker_options(s: &UplinkSettings, b: &BrokerAddr) -> anyhow::Result<MqttOptions> {
+    let s = UplinkSettings { host: b.host.clone(), port: b.port, tls: b.tls, ..s.clone() };
+    options(&s)
+}
+
+/// Runs until `shutdown` turns true. Never returns an error for broker trouble: it retries forever,
+/// trying the brokers of `policy` in turn, with exponential backoff and full jitter (so that a whole
+/// city of gateways does not reconnect in the same instant when a broker comes back).
+pub async fn run_with(
+    s: UplinkSettings,
+    policy: UplinkPolicy,
     store: Store,
     journaled: Arc<Notify>,
     counters: Arc<Counters>,
@@ -150,11 +373,33 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let cmd_topic = format!("{}cmd/req", s.topic_base);
-    let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options(&s)?, s.window * 2 + 16);
-    let mut link =
-        Link { connected: false, cursor: 0, replay_upto: 0, queued: VecDeque::new(), inflight: HashMap::new() };
+    let brokers = if policy.brokers.is_empty() {
+        vec![BrokerAddr { host: s.host.clone(), port: s.port, tls: s.tls }]
+    } else {
+        policy.brokers.clone()
+    };
+    // Fail early on unreadable TLS files or passwords, for every broker.
+    let mut opts = Vec::with_capacity(brokers.len());
+    for b in &brokers {
+        opts.push(broker_options(&s, b)?);
+    }
+    let mut current = 0usize;
+    let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(opts[0].clone(), s.window * 2 + 16);
+    let mut link = Link {
+        connected: false,
+        live: 0,
+        drain: Drain::new(0, HashMap::new(), policy.replay_rate),
+        queued: VecDeque::new(),
+        inflight: HashMap::new(),
+        drain_unacked: 0,
+    };
+    link.drain.done = true;
     let mut backoff = s.reconnect_min;
     let online = serde_json::json!({"online": true, "version": s.version, "started_at": s.started_at}).to_string();
+    let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+    maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pace = tokio::time::interval(DRAIN_TICK);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let event = {
@@ -164,6 +409,14 @@ pub async fn run(
                 tokio::select! {
                     ev = &mut poll => break Some(ev),
                     _ = journaled.notified() => link.top_up(&client, &store, &s),
+                    _ = pace.tick(), if link.connected && !link.drain.done => link.top_up(&client, &store, &s),
+                    _ = maintain.tick() => {
+                        if let Err(e) = store.maintain() {
+                            tracing::warn!(error = %e, "store housekeeping failed");
+                        }
+                        counters.readings_dropped.store(store.stats().readings_dropped.load(Ordering::Relaxed), Ordering::Relaxed);
+                        link.top_up(&client, &store, &s);
+                    }
                     _ = shutdown.changed() => break None,
                 }
             }
@@ -171,13 +424,16 @@ pub async fn run(
         let Some(event) = event else { break };
         match event {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                tracing::info!(host = %s.host, port = s.port, code = ?ack.code, "connected to the broker");
+                let b = &brokers[current];
+                tracing::info!(host = %b.host, port = b.port, code = ?ack.code, "connected to the broker");
                 // Clean session: nothing of the previous connection is in flight any more.
                 link.connected = true;
                 link.queued.clear();
                 link.inflight.clear();
-                link.cursor = 0;
-                link.replay_upto = store.next_seq().saturating_sub(1);
+                link.drain_unacked = 0;
+                let (replay_upto, topics) = store.outbox_snapshot();
+                link.live = replay_upto + 1;
+                link.drain = Drain::new(replay_upto, topics, policy.replay_rate);
                 backoff = s.reconnect_min;
                 counters.mqtt_connected.store(1, Ordering::Relaxed);
                 if client.try_publish(format!("{}state", s.topic_base), QoS::AtLeastOnce, true, online.clone()).is_ok()
@@ -202,29 +458,52 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                if let Some(Some(seq)) = link.inflight.remove(&ack.pkid) {
-                    if let Err(e) = store.ack(&[seq]) {
-                        tracing::error!(error = %e, seq, "deleting an acknowledged record failed");
+                if let Some(sent) = link.inflight.remove(&ack.pkid) {
+                    if let Some(seq) = link.settle(sent) {
+                        if let Err(e) = store.ack(&[seq]) {
+                            tracing::error!(error = %e, seq, "recording an acknowledgement failed");
+                        }
+                        counters.published.fetch_add(1, Ordering::Relaxed);
                     }
-                    counters.published.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(_) => {}
             Err(e) => {
+                let b = &brokers[current];
                 if link.connected {
-                    tracing::warn!(error = %e, "broker connection lost; readings stay in the outbox");
+                    tracing::warn!(error = %e, host = %b.host, "broker connection lost; readings stay in the outbox");
                     counters.mqtt_reconnects.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    tracing::debug!(error = %e, "broker not reachable");
+                    tracing::debug!(error = %e, host = %b.host, "broker not reachable");
+                    // A failed attempt: the next one goes to the next broker (`url`, then `urls`).
+                    if brokers.len() > 1 {
+                        current = (current + 1) % brokers.len();
+                        eventloop.mqtt_options = opts[current].clone();
+                        tracing::info!(host = %brokers[current].host, port = brokers[current].port, "trying the next broker");
+                    }
                 }
                 link.connected = false;
                 counters.mqtt_connected.store(0, Ordering::Relaxed);
-                let jitter = rand::thread_rng().gen_range(0.5..1.0);
-                let wait = backoff.mul_f64(jitter);
+                // Full jitter between the minimum and the current backoff.
+                let span = backoff.saturating_sub(s.reconnect_min).as_secs_f64();
+                let wait = s.reconnect_min + Duration::from_secs_f64(rand::thread_rng().gen_range(0.0..=span.max(0.0)));
                 backoff = (backoff * 2).min(s.reconnect_max);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => break,
+                let sleep = tokio::time::sleep(wait);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        _ = maintain.tick() => {
+                            if let Err(e) = store.maintain() {
+                                tracing::warn!(error = %e, "store housekeeping failed");
+                            }
+                            counters.readings_dropped.store(store.stats().readings_dropped.load(Ordering::Relaxed), Ordering::Relaxed);
+                        }
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                if *shutdown.borrow() {
+                    break;
                 }
             }
         }
@@ -239,7 +518,7 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Ok(ev) = eventloop.poll().await {
                 if let Event::Incoming(Incoming::PubAck(ack)) = &ev {
-                    if let Some(Some(seq)) = link.inflight.remove(&ack.pkid) {
+                    if let Some(seq) = link.inflight.remove(&ack.pkid).and_then(|sent| link.settle(sent)) {
                         let _ = store.ack(&[seq]);
                     }
                 }
@@ -254,6 +533,10 @@ pub async fn run(
             }
         })
         .await;
+    }
+    // Log the last acknowledgements so that a restart does not send them again.
+    if let Err(e) = store.maintain() {
+        tracing::debug!(error = %e, "final store housekeeping failed");
     }
     Ok(())
 }

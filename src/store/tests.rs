@@ -1,0 +1,217 @@
+use super::*;
+
+fn rec(seq: u64) -> Record {
+    let pad = "x".repeat(200);
+    Record::new(seq, "reading/d", format!("{{\"seq\":{seq},\"device\":\"d\",\"pad\":\"{pad}\"}}").into_bytes())
+}
+
+fn opts(max_bytes: u64) -> StoreOptions {
+    StoreOptions { max_bytes, segment_bytes: Some(4096), gateway_id: "gw".into(), ..StoreOptions::default() }
+}
+
+fn put(s: &Store, n: usize) -> Vec<u64> {
+    let mut b = Batch::default();
+    let mut seqs = Vec::new();
+    for _ in 0..n {
+        let seq = s.allocate_seq();
+        seqs.push(seq);
+        b.push_record(rec(seq));
+    }
+    s.commit(b).unwrap();
+    s.flush_blocking().unwrap();
+    seqs
+}
+
+#[test]
+fn seq_survives_reopen_and_outbox_roundtrips() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut b = Batch::default();
+        for _ in 0..3 {
+            let seq = s.allocate_seq();
+            b.push_record(rec(seq));
+        }
+        b.set_fcnt("d", 41);
+        s.commit(b).unwrap();
+        s.flush_blocking().unwrap();
+        s.ack(&[1]).unwrap();
+        s.maintain().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert!(s.next_seq() >= 4);
+    assert_eq!(s.fcnts().unwrap().get("d"), Some(&41));
+    let r = s.read_from(0, 10).unwrap();
+    assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(r[0], rec(2));
+    assert_eq!(s.depth(), 2);
+    assert_eq!(s.oldest(), Some(1));
+}
+
+#[test]
+fn lorawan_state_roundtrips() {
+    let dir = tempfile::tempdir().unwrap();
+    let sess = StoredSession {
+        dev_addr: DevAddr(0x0100_0001),
+        nwk_s_key: Key128::new([1; 16]),
+        app_s_key: Key128::new([2; 16]),
+    };
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut b = Batch::default();
+        b.set_session("pir-01", &sess);
+        b.set_fcnt_down("pir-01", 7);
+        b.add_dev_nonce(Eui64(0x0102030405060708), 0x1234);
+        b.add_dev_nonce(Eui64(0x0102030405060708), 0x0001);
+        b.set_join_nonce(3);
+        s.commit(b).unwrap();
+        s.flush_blocking().unwrap();
+        s.remember_command("cmd-1", i64::MAX).unwrap();
+        s.set_remote_device("x", Some(b"{}")).unwrap();
+        s.flush_blocking().unwrap();
+        // No sled apply, no clean close: the state comes back from the log alone.
+        drop(s);
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.sessions().unwrap().get("pir-01"), Some(&sess));
+    assert_eq!(s.fcnts_down().unwrap().get("pir-01"), Some(&7));
+    let mut n = s.dev_nonces().unwrap().remove(&Eui64(0x0102030405060708)).unwrap();
+    n.sort();
+    assert_eq!(n, vec![1, 0x1234]);
+    assert_eq!(s.join_nonce().unwrap(), 3);
+    assert_eq!(s.commands_seen(0).unwrap().len(), 1);
+    assert_eq!(s.remote_devices().unwrap(), vec![("x".to_string(), b"{}".to_vec())]);
+}
+
+#[test]
+fn acked_segments_are_deleted_and_seq_never_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let last;
+    {
+        let s = Store::open_with(dir.path(), opts(1 << 20)).unwrap();
+        let mut all = Vec::new();
+        for _ in 0..50 {
+            all.extend(put(&s, 20));
+        }
+        assert!(s.lock().segments.len() > 3);
+        s.ack(&all).unwrap();
+        s.maintain().unwrap();
+        assert_eq!(s.depth(), 0);
+        assert!(s.lock().segments.len() <= 2, "acknowledged segments go");
+        last = *all.last().unwrap();
+        drop(s);
+    }
+    let s = Store::open_with(dir.path(), opts(1 << 20)).unwrap();
+    assert!(s.next_seq() > last);
+    assert_eq!(s.depth(), 0, "acks survive a crash");
+}
+
+#[test]
+fn drop_oldest_keeps_events_and_counts_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_with(dir.path(), opts(64 << 10)).unwrap();
+    let mut events = Vec::new();
+    let mut readings = 0u64;
+    for i in 0..400 {
+        let mut b = Batch::default();
+        let seq = s.allocate_seq();
+        if i % 50 == 0 {
+            events.push(seq);
+            b.push_record(Record::new(seq, "event/bin-1", format!("{{\"seq\":{seq},\"event\":\"x\"}}").into_bytes()));
+        } else {
+            readings += 1;
+            b.push_record(rec(seq));
+        }
+        s.commit(b).unwrap();
+    }
+    assert!(s.log_bytes() <= 64 << 10);
+    let dropped = s.stats().readings_dropped.load(Ordering::Relaxed);
+    assert!(dropped > 0);
+    assert_eq!(s.stats().others_dropped.load(Ordering::Relaxed), 0);
+    let left = s.read_from(0, 10_000).unwrap();
+    for e in &events {
+        assert!(left.iter().any(|r| r.seq == *e), "event {e} kept");
+    }
+    let left_readings = left.iter().filter(|r| r.kind() == RecordKind::Reading).count() as u64;
+    assert_eq!(left_readings + dropped, readings, "every reading is either there or counted");
+    // The episode ends after a quiet period with one event carrying the counts.
+    s.lock().episode.as_mut().unwrap().last_drop -= EPISODE_QUIET;
+    s.maintain().unwrap();
+    let ev: Vec<_> = s.read_from(0, 10_000).unwrap().into_iter().filter(|r| r.topic_suffix == "event/gw").collect();
+    assert_eq!(ev.len(), 1);
+    let j: serde_json::Value = serde_json::from_slice(&ev[0].payload).unwrap();
+    assert_eq!(j["event"], "buffer_dropped");
+    assert_eq!(j["readings_dropped"], dropped);
+}
+
+#[test]
+fn drop_newest_refuses_new_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_with(dir.path(), StoreOptions { policy: DropPolicy::DropNewest, ..opts(64 << 10) }).unwrap();
+    let mut total = 0;
+    for _ in 0..100 {
+        put(&s, 10);
+        total += 10;
+    }
+    let dropped = s.stats().readings_dropped.load(Ordering::Relaxed);
+    let kept = s.read_from(0, 100_000).unwrap();
+    assert!(dropped > 0);
+    assert_eq!(kept.len() as u64 + dropped, total);
+    assert_eq!(kept.first().unwrap().seq, 1, "the oldest stay");
+}
+
+#[test]
+fn torn_tail_is_cut_and_damage_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    {
+        let s = Store::open_with(&store_dir, opts(1 << 20)).unwrap();
+        put(&s, 10);
+        drop(s);
+    }
+    // A torn write at the end of the log.
+    let seg = std::fs::read_dir(store_dir.join("wal")).unwrap().flatten().map(|e| e.path()).max().unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[40, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(f);
+    let next;
+    {
+        let s = Store::open_with(&store_dir, opts(1 << 20)).unwrap();
+        assert_eq!(s.open_report().entries_cut, 1);
+        assert_eq!(s.depth(), 10);
+        next = s.next_seq();
+        drop(s);
+    }
+    // Garbage in sled's file: moved aside, a fresh store starts with the log's records.
+    let db = store_dir.join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.write_all_at(&vec![0xA5; len as usize], 0).unwrap();
+    drop(f);
+    let s = Store::open_with(&store_dir, opts(1 << 20)).unwrap();
+    let (aside, _) = s.open_report().damaged.clone().expect("damage detected");
+    assert!(aside.exists());
+    assert!(s.next_seq() >= next, "no seq reused after damage");
+    let recs = s.read_from(0, 100).unwrap();
+    assert_eq!(recs.iter().filter(|r| r.kind() == RecordKind::Reading).count(), 10);
+    assert!(recs.iter().any(|r| String::from_utf8_lossy(&r.payload).contains("store_damaged")));
+}
+
+#[test]
+fn read_range_filters_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_with(dir.path(), opts(1 << 20)).unwrap();
+    let seqs: Vec<u64> = (0..30).flat_map(|_| put(&s, 7)).collect();
+    let mut got = Vec::new();
+    let mut from = 0;
+    loop {
+        let r = s.read_range(from, u64::MAX, 5, |r| r.seq % 2 == 0).unwrap();
+        if r.is_empty() {
+            break;
+        }
+        from = r.last().unwrap().seq + 1;
+        got.extend(r.into_iter().map(|r| r.seq));
+    }
+    assert_eq!(got, seqs.iter().copied().filter(|s| s % 2 == 0).collect::<Vec<_>>());
+    assert_eq!(s.read_range(0, 5, 100, |_| true).unwrap().len(), 4);
+}
