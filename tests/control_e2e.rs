@@ -194,10 +194,7 @@ async fn a_feeder_over_its_limit_sheds_loads_through_relays_and_downlinks() {
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     // The Holley meter dump says 460 W: over the 0.1 kW limit.
-    let dump = std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/sml/libsml-testing/HOLLEY_DTZ541-ZDBA.bin"),
-    )
-    .unwrap();
+    let dump = std::fs::read(common::vectors_dir().join("sml/libsml-testing/HOLLEY_DTZ541-ZDBA.bin")).unwrap();
     for _ in 0..3 {
         master.write_all(&dump).unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;

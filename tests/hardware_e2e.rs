@@ -17,7 +17,7 @@ use district_gateway::runtime::{Daemon, Hardware};
 use district_gateway::sim::SimDevice;
 
 fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
+    common::vectors_dir()
 }
 
 fn base_config(dir: &std::path::Path, gw: &str, broker: u16) -> String {

@@ -19,6 +19,16 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_district-gateway");
 
+/// The public test vectors: `../shared/vectors` next to the checkout, else the workplace's copy.
+pub fn vectors_dir() -> PathBuf {
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors");
+    if beside.is_dir() {
+        beside
+    } else {
+        PathBuf::from("/work/shared/vectors")
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
