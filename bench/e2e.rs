@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/http.rs"]
+mod http;
+
 const BIN: &str = env!("CARGO_BIN_EXE_district-gateway");
 
 struct Kill(Child);
@@ -68,9 +71,26 @@ fn mosquitto(dir: &std::path::Path, name: &str, port: u16, extra: &str) -> Kill 
     k
 }
 
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<u64>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Seen {
+    fn note(&mut self, id: u64) {
+        let now = Instant::now();
+        self.ids.insert(id);
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+}
+
 /// A subscriber counting distinct ids (the JSON `seq`, or the payload's leading decimal number).
 struct Counter {
-    seen: Arc<Mutex<(HashSet<u64>, Option<Instant>)>>,
+    /// Distinct ids, first and last arrival.
+    seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -87,7 +107,7 @@ impl Counter {
     }
 
     fn start_mode(port: u16, filter: &str, fast: bool) -> Counter {
-        let seen: Arc<Mutex<(HashSet<u64>, Option<Instant>)>> = Arc::default();
+        let seen: Arc<Mutex<Seen>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, st2, filter) = (seen.clone(), stop.clone(), filter.to_string());
         let ready = Arc::new(AtomicBool::new(false));
@@ -105,9 +125,8 @@ impl Counter {
                     Ok(Ok(rumqttc::Event::Incoming(rumqttc::Incoming::SubAck(_)))) => r2.store(true, Ordering::SeqCst),
                     Ok(Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(_)))) if fast => {
                         let mut s = s2.lock().unwrap();
-                        let n = s.0.len() as u64;
-                        s.0.insert(n);
-                        s.1 = Some(Instant::now());
+                        let n = s.ids.len() as u64;
+                        s.note(n);
                     }
                     Ok(Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p)))) => {
                         let id = serde_json::from_slice::<serde_json::Value>(&p.payload)
@@ -115,9 +134,7 @@ impl Counter {
                             .and_then(|v| v["seq"].as_u64())
                             .or_else(|| std::str::from_utf8(&p.payload).ok()?.split(',').next()?.parse().ok())
                             .unwrap_or(0);
-                        let mut s = s2.lock().unwrap();
-                        s.0.insert(id);
-                        s.1 = Some(Instant::now());
+                        s2.lock().unwrap().note(id);
                     }
                     Ok(Err(_)) => std::thread::sleep(Duration::from_millis(50)),
                     _ => {}
@@ -131,10 +148,19 @@ impl Counter {
         Counter { seen, stop }
     }
     fn count(&self) -> usize {
-        self.seen.lock().unwrap().0.len()
+        self.seen.lock().unwrap().ids.len()
     }
     fn last(&self) -> Option<Instant> {
-        self.seen.lock().unwrap().1
+        self.seen.lock().unwrap().last
+    }
+    /// Messages per second from the first arrival to the last.
+    fn rate(&self) -> (usize, f64, f64) {
+        let s = self.seen.lock().unwrap();
+        let secs = match (s.first, s.last) {
+            (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+            _ => f64::NAN,
+        };
+        (s.ids.len(), secs, s.ids.len().saturating_sub(1) as f64 / secs)
     }
     /// Waits until `n` distinct ids arrived or nothing arrived for `idle`.
     fn wait_for(&self, n: usize, idle: Duration) {
@@ -378,17 +404,36 @@ fn main() {
     backlog_and_baselines(dir.path(), &devices, n_devices, fcnt);
 }
 
-/// The backlog drain against the ceiling (bare rumqttc) and the peer (a mosquitto bridge).
-fn backlog_and_baselines(dir: &std::path::Path, devices: &std::path::Path, n_devices: u32, fcnt: u32) {
-    let backlog: u64 = std::env::var("BENCH_BACKLOG").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
-    let bport = free_port();
+/// A daemon whose outbox was filled while its broker was down.
+struct BackedUp {
+    daemon: Kill,
+    /// The daemon's `ops.http_bind` port (for `/metrics`).
+    http_port: u16,
+    /// The broker port it connects to (nothing listens there yet).
+    broker_port: u16,
+    acked: f64,
+}
+
+/// Starts a daemon (gateway `id`) with its broker down and feeds it `n` frames with `simulate` at
+/// 8,000 frames/s. Prints how the backlog was built when `report` is set.
+fn build_backlog(
+    dir: &std::path::Path,
+    id: &str,
+    devices: (&std::path::Path, u32),
+    fcnt: &mut u32,
+    n: u64,
+    report: bool,
+) -> BackedUp {
+    let (devices, n_devices) = devices;
+    let (broker_port, http_port) = (free_port(), free_port());
     let gw_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.join("gateway-backlog.toml");
+    let config = dir.join(format!("gateway-{id}.toml"));
+    let data = dir.join(format!("data-{id}"));
     std::fs::write(
         &config,
         format!(
-            "devices_file = \"devices.toml\"\n[gateway]\nid = \"bench-02\"\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{bport}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 500\n[buffer]\nmax_bytes = 1073741824\nreplay_rate = 1000000\n\n[[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:{gw_port}\"\n",
-            dir.join("data-backlog").display()
+            "devices_file = \"devices.toml\"\n[gateway]\nid = \"{id}\"\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\n[ops]\nhttp_bind = \"127.0.0.1:{http_port}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 500\n[buffer]\nmax_bytes = 1073741824\nreplay_rate = 1000000\n\n[[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:{gw_port}\"\n",
+            data.display()
         ),
     )
     .unwrap();
@@ -402,13 +447,12 @@ fn backlog_and_baselines(dir: &std::path::Path, devices: &std::path::Path, n_dev
             .unwrap(),
     );
     std::thread::sleep(Duration::from_secs(2));
-    // Build the backlog with the broker down, in 20-second runs of simulate at 8,000 frames/s.
+    // In runs of simulate of at most 20 s at 8,000 frames/s.
     let wb0 = write_bytes(daemon.0.id());
     let mut acked_total = 0f64;
-    let mut fcnt = fcnt;
     let t0 = Instant::now();
-    while (acked_total as u64) < backlog {
-        let left = backlog as f64 - acked_total;
+    while (acked_total as u64) < n {
+        let left = n as f64 - acked_total;
         let secs = (left / 8000.0).clamp(1.0, 20.0);
         let out = Command::new(BIN)
             .args(["simulate", "--gwmp", &format!("127.0.0.1:{gw_port}"), "--devices"])
@@ -416,7 +460,7 @@ fn backlog_and_baselines(dir: &std::path::Path, devices: &std::path::Path, n_dev
             .args(["--rate", "8000", "--seconds", &format!("{secs:.1}"), "--fcnt-start", &fcnt.to_string()])
             .output()
             .unwrap();
-        fcnt += (8000.0 * secs / n_devices as f64) as u32 + 2;
+        *fcnt += (8000.0 * secs / f64::from(n_devices)) as u32 + 2;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let acked: f64 = text
             .split("; ")
@@ -428,52 +472,101 @@ fn backlog_and_baselines(dir: &std::path::Path, devices: &std::path::Path, n_dev
     }
     let build_s = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(3));
-    let wb = write_bytes(daemon.0.id()).saturating_sub(wb0);
-    let rss = rss_kib(daemon.0.id()) as f64 / 1024.0;
-    let disk: u64 = dir_size(&dir.join("data-backlog"));
-    println!("\n### Backlog of {acked_total:.0} readings (broker down)\n");
-    println!(
-        "- built in {build_s:.0} s ({:.0} readings/s acknowledged); disk written {:.0} B/reading; on disk {:.1} MiB ({:.0} B/reading)",
-        acked_total / build_s,
-        wb as f64 / acked_total,
-        disk as f64 / 1048576.0,
-        disk as f64 / acked_total
-    );
-    println!("- daemon RSS with the backlog: {rss:.1} MiB");
-    // Drain: start the broker, count what arrives.
-    let _m = mosquitto(dir, "drain", bport, "persistence false\n");
-    let counter = Counter::start_fast(bport, "city/bench-02/reading/#");
-    let t = Instant::now();
-    let mut peak_rss = rss;
-    let mut last = 0;
-    let mut last_change = Instant::now();
+    if report {
+        let wb = write_bytes(daemon.0.id()).saturating_sub(wb0);
+        let rss = rss_kib(daemon.0.id()) as f64 / 1024.0;
+        let disk: u64 = dir_size(&data);
+        println!("\n### Backlog of {acked_total:.0} readings (broker down)\n");
+        println!(
+            "- built in {build_s:.0} s ({:.0} readings/s acknowledged); disk written {:.0} B/reading; on disk {:.1} MiB ({:.0} B/reading)",
+            acked_total / build_s,
+            wb as f64 / acked_total,
+            disk as f64 / 1048576.0,
+            disk as f64 / acked_total
+        );
+        println!("- daemon RSS with the backlog: {rss:.1} MiB");
+    }
+    BackedUp { daemon, http_port, broker_port, acked: acked_total }
+}
+
+/// The daemon's `district_gateway_records_published_total` (PUBACKs received for outbox records).
+fn published(http_port: u16) -> Option<f64> {
+    let (_, body) = http::http_get(http_port, "/metrics")?;
+    body.lines().find_map(|l| l.strip_prefix("district_gateway_records_published_total ")?.trim().parse().ok())
+}
+
+/// Follows the daemon's PUBACK count until it stops moving for 3 s. Returns (records acknowledged by
+/// the broker, seconds from the first to the last, peak RSS MiB).
+fn follow_drain(b: &BackedUp) -> (f64, f64, f64) {
+    let (mut first, mut last) = (None::<(Instant, f64)>, (Instant::now(), 0.0));
+    let mut peak_rss = 0f64;
     loop {
-        let c = counter.count();
-        peak_rss = peak_rss.max(rss_kib(daemon.0.id()) as f64 / 1024.0);
-        if c as f64 >= acked_total || last_change.elapsed() > Duration::from_secs(30) {
+        let now = Instant::now();
+        let p = published(b.http_port).unwrap_or(last.1);
+        peak_rss = peak_rss.max(rss_kib(b.daemon.0.id()) as f64 / 1024.0);
+        if p > 0.0 && first.is_none() {
+            first = Some((now, p));
+        }
+        if p != last.1 {
+            last = (now, p);
+        } else if now.duration_since(last.0) > Duration::from_secs(3) {
             break;
         }
-        if c != last {
-            last = c;
-            last_change = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let received = counter.count();
-    let secs = counter.last().map(|l| l.duration_since(t).as_secs_f64()).unwrap_or(f64::NAN);
-    let drain = received as f64 / secs;
-    println!(
-        "- drain: {received} of {acked_total:.0} received in {secs:.1} s = **{drain:.0} msg/s** (QoS 1, counted at a subscriber); peak RSS while draining {peak_rss:.1} MiB"
-    );
-    drop(counter);
-    drop(daemon);
+    let (t_first, p_first) = first.unwrap_or(last);
+    let secs = last.0.duration_since(t_first).as_secs_f64();
+    ((last.1 - p_first), secs, peak_rss)
+}
 
-    // Ceiling: a bare rumqttc QoS 1 publisher against the same mosquitto.
+/// The backlog drain against the ceiling (bare rumqttc) and the peer (a mosquitto bridge).
+///
+/// Like is compared with like: the drain counted by the PUBACKs the daemon receives against the bare
+/// publisher counted by its PUBACKs (nobody subscribed: what the broker accepts), then both again
+/// counted at a subscriber (what the broker delivers, which costs the broker, and the 2 cores, more).
+fn backlog_and_baselines(dir: &std::path::Path, devices: &std::path::Path, n_devices: u32, fcnt: u32) {
+    let backlog: u64 = std::env::var("BENCH_BACKLOG").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let mut fcnt = fcnt;
+    let b = build_backlog(dir, "bench-02", (devices, n_devices), &mut fcnt, backlog, true);
+    // Drain 1: start the broker, count the PUBACKs.
+    let bport = b.broker_port;
+    let m = mosquitto(dir, "drain", bport, "persistence false\n");
+    let (drained, secs, peak_rss) = follow_drain(&b);
+    let drain = drained / secs;
+    println!(
+        "- drain, counted by the daemon's PUBACKs (nobody subscribed): {drained:.0} records in {secs:.1} s = **{drain:.0} msg/s**; peak RSS while draining {peak_rss:.1} MiB"
+    );
+    drop(b);
+    // Ceiling, the same way: a bare rumqttc QoS 1 publisher against the same mosquitto.
     let n = backlog.min(300_000);
     let (acked, secs) = bare_publisher(bport, n, None, None);
     let bare = acked as f64 / secs;
-    println!("- bare rumqttc QoS 1 publisher (inflight 100, ~300-byte payloads): {acked} in {secs:.1} s = **{bare:.0} msg/s**");
-    println!("- drain / bare publisher: **{:.0} %**", 100.0 * drain / bare);
+    println!("- ceiling: bare rumqttc QoS 1 publisher (inflight 100, ~300-byte payloads), counted by its PUBACKs: {acked} in {secs:.1} s = **{bare:.0} msg/s**");
+    println!("- **drain / ceiling = {:.0} %**", 100.0 * drain / bare);
+
+    // Drain 2 and the ceiling again, both counted at a subscriber (QoS 1) of the same broker.
+    let nsub = backlog.min(300_000);
+    let b = build_backlog(dir, "bench-03", (devices, n_devices), &mut fcnt, nsub, false);
+    let bport2 = b.broker_port;
+    let m2 = mosquitto(dir, "drain-sub", bport2, "persistence false\n");
+    let counter = Counter::start_fast(b.broker_port, "city/bench-03/#");
+    counter.wait_for(b.acked as usize, Duration::from_secs(5));
+    let (got, secs, sub_drain) = counter.rate();
+    println!(
+        "- drain of {:.0} readings counted at a QoS 1 subscriber: {got} messages in {secs:.1} s = **{sub_drain:.0} msg/s**",
+        b.acked
+    );
+    drop(counter);
+    drop(b);
+    let counter = Counter::start_fast(bport2, "bench/#");
+    let (acked, _) = bare_publisher(bport2, nsub, None, None);
+    counter.wait_for(acked as usize, Duration::from_secs(5));
+    let (got, secs, sub_bare) = counter.rate();
+    println!("- ceiling counted at the same subscriber: {got} in {secs:.1} s = **{sub_bare:.0} msg/s**");
+    println!("- **drain / ceiling, at a subscriber = {:.0} %**", 100.0 * sub_drain / sub_bare);
+    drop(counter);
+    drop(m2);
+    drop(m);
 
     // Peer: mosquitto bridging to a second mosquitto with persistence on.
     let (pa, pb) = (free_port(), free_port());

@@ -1769,6 +1769,13 @@ impl Store {
         st.total_bytes + st.db.as_ref().and_then(|d| d.size_on_disk().ok()).unwrap_or(0)
     }
 
+    /// Records dropped by the bounds since the store was opened (readings and others): a change
+    /// tells a reader that records it read ahead may be gone.
+    pub fn drops(&self) -> u64 {
+        let st = &self.inner.stats;
+        st.readings_dropped.load(Ordering::Relaxed) + st.others_dropped.load(Ordering::Relaxed)
+    }
+
     /// Bytes of the outbox log (what `max_bytes` bounds).
     pub fn log_bytes(&self) -> u64 {
         self.lock().total_bytes

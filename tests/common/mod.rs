@@ -3,6 +3,8 @@
 //! mosquitto (required then: a missing binary fails the test instead of skipping it).
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};

@@ -47,6 +47,10 @@ use rumqttc::{
 };
 use tokio::sync::{watch, Notify};
 
+mod drain;
+
+use drain::Drain;
+
 use crate::ops::counters::Counters;
 use crate::reading::mark_replayed;
 use crate::store::{Record, Store};
@@ -157,65 +161,6 @@ const DRAIN_TICK: Duration = Duration::from_millis(10);
 /// cursor sent it.
 type Sent = Option<(u64, bool)>;
 
-/// The drain of the backlog that was in the outbox when the connection came up.
-struct Drain {
-    /// Records at or below this seq were in the outbox when the connection came up.
-    replay_upto: u64,
-    /// Per topic: the last seq journaled on it by the time the connection came up.
-    backlog_last: HashMap<String, u64>,
-    /// Per topic: the last live record the live cursor held back (the drain cursor publishes it).
-    held_last: HashMap<String, u64>,
-    /// Next seq the drain cursor looks at. It never passes the live cursor.
-    cursor: u64,
-    done: bool,
-    tokens: f64,
-    refilled: tokio::time::Instant,
-    rate: f64,
-}
-
-impl Drain {
-    fn new(replay_upto: u64, backlog_last: HashMap<String, u64>, rate: u32) -> Drain {
-        let backlog_last = backlog_last.into_iter().map(|(t, s)| (t, s.min(replay_upto))).collect();
-        Drain {
-            replay_upto,
-            backlog_last,
-            held_last: HashMap::new(),
-            cursor: 0,
-            done: false,
-            tokens: 0.0,
-            refilled: tokio::time::Instant::now(),
-            rate: f64::from(rate.max(1)),
-        }
-    }
-
-    /// Whether a live record on `topic` must wait for the drain cursor.
-    fn holds(&self, topic: &str) -> bool {
-        !self.done
-            && (self.backlog_last.get(topic).is_some_and(|l| *l >= self.cursor)
-                || self.held_last.get(topic).is_some_and(|l| *l >= self.cursor))
-    }
-
-    /// Whether the drain cursor publishes `r` (backlog, or a live record that was held back).
-    fn owns(&self, r: &Record) -> bool {
-        r.seq <= self.replay_upto || self.held_last.get(&r.topic_suffix).is_some_and(|l| r.seq <= *l)
-    }
-
-    fn refill(&mut self) {
-        let now = tokio::time::Instant::now();
-        let burst = (self.rate / 10.0).max(1.0);
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate).min(burst);
-        self.refilled = now;
-    }
-
-    fn check_done(&mut self) {
-        if self.cursor > self.replay_upto && self.held_last.values().all(|l| *l < self.cursor) {
-            self.done = true;
-            self.backlog_last.clear();
-            self.held_last.clear();
-        }
-    }
-}
-
 /// What the uplink is doing, for status and metrics.
 struct Link {
     connected: bool,
@@ -298,47 +243,30 @@ impl Link {
                 self.live = seq + 1;
             }
         }
-        // Drain.
+        // Drain: one record per free slot, so that every PUBACK is answered by the next publish.
         if self.drain.done {
             return;
         }
         self.drain.refill();
         // The drain may fill the window up to a reserve kept for live records (which are queued
-        // first anyway); reading in batches of at least a quarter of it keeps the outbox reads cheap.
+        // first anyway).
         let cap = (s.window * 9 / 10).max(1);
-        let batch = (cap / 4).max(1);
         while self.drain_unacked < cap && self.unacked() < s.window && self.drain.tokens >= 1.0 {
-            let want = (cap - self.drain_unacked).min(s.window - self.unacked()).min(self.drain.tokens as usize).max(1);
-            if want < batch && self.drain_unacked > 0 && (self.drain.tokens as usize) >= batch {
-                return; // wait for more PUBACKs and read a bigger batch then
-            }
-            let drain = &self.drain;
-            let records = match store.read_range(drain.cursor, self.live, want, |r| drain.owns(r)) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the outbox backlog failed");
-                    return;
-                }
-            };
-            let got = records.len();
-            for r in records {
-                let seq = r.seq;
-                let replayed = seq <= self.drain.replay_upto;
-                if !self.publish(client, s, r, replayed, true) {
-                    return;
-                }
-                self.drain.cursor = seq + 1;
-                self.drain.tokens -= 1.0;
-            }
-            if got < want {
-                // Nothing more of ours before the live cursor.
-                self.drain.cursor = self.live;
-                self.drain.check_done();
+            let Some(r) = self.drain.next(store, self.live) else {
                 if self.drain.done {
                     tracing::info!("backlog drained");
                 }
                 return;
+            };
+            let seq = r.seq;
+            let replayed = seq <= self.drain.replay_upto;
+            if !self.publish(client, s, r, replayed, true) {
+                // Request channel full (rare: it holds twice the window): read it again next time.
+                self.drain.reread();
+                return;
             }
+            self.drain.cursor = seq + 1;
+            self.drain.tokens -= 1.0;
         }
     }
 }
@@ -385,6 +313,11 @@ pub async fn run_with(
     }
     let mut current = 0usize;
     let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(opts[0].clone(), s.window * 2 + 16);
+    // Small MQTT packets (PUBLISHes of a few hundred bytes) go out at once rather than waiting for
+    // Nagle's algorithm: a live reading is not held back behind the acknowledgement of the last one.
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let mut link = Link {
         connected: false,
         live: 0,
@@ -539,4 +472,71 @@ pub async fn run_with(
         tracing::debug!(error = %e, "final store housekeeping failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Batch, StoreOptions};
+
+    fn settings() -> UplinkSettings {
+        UplinkSettings {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            tls: false,
+            client_id: "gw".into(),
+            keep_alive: Duration::from_secs(30),
+            username: None,
+            password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            topic_base: "city/gw/".into(),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+            version: "test".into(),
+            started_at: "now".into(),
+            window: 100,
+        }
+    }
+
+    /// Every PUBACK during a drain is answered by the next publish at once. Waiting for a batch of
+    /// PUBACKs instead stalls the connection on delayed TCP acknowledgements (the broker's PUBACKs
+    /// wait for our ACK, which waits for data we do not send): 3,500 instead of 100,000 msg/s.
+    #[tokio::test]
+    async fn a_puback_during_the_drain_is_answered_by_the_next_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open_with(dir.path(), StoreOptions { gateway_id: "gw".into(), ..StoreOptions::default() }).unwrap();
+        for _ in 0..1000 {
+            let mut b = Batch::default();
+            let seq = store.allocate_seq();
+            b.push_record(Record::new(seq, "reading/d", format!("{{\"seq\":{seq}}}").into_bytes()));
+            store.commit(b).unwrap();
+        }
+        store.flush_blocking().unwrap();
+        let s = settings();
+        let (client, _eventloop) = AsyncClient::new(options(&s).unwrap(), s.window * 2 + 16);
+        let (upto, topics) = store.outbox_snapshot();
+        let mut link = Link {
+            connected: true,
+            live: upto + 1,
+            drain: Drain::new(upto, topics, 1_000_000),
+            queued: VecDeque::new(),
+            inflight: HashMap::new(),
+            drain_unacked: 0,
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await; // the rate limiter fills
+        link.top_up(&client, &store, &s);
+        let cap = s.window * 9 / 10;
+        assert_eq!(link.unacked(), cap, "the drain fills its share of the window");
+        for expected_next in cap as u64 + 1..cap as u64 + 51 {
+            // A PUBACK for the oldest publish.
+            let sent = link.queued.pop_front().unwrap();
+            assert!(link.settle(sent).is_some());
+            link.top_up(&client, &store, &s);
+            assert_eq!(link.unacked(), cap, "one PUBACK, one new publish");
+            assert_eq!(link.queued.back().copied().flatten().map(|(seq, _)| seq), Some(expected_next));
+        }
+    }
 }
