@@ -77,6 +77,18 @@ enum Command {
     Broker {
         #[arg(long, default_value = "127.0.0.1:1883")]
         bind: std::net::SocketAddr,
+        /// Also listen for MQTT over TLS here (needs --tls-ca, --tls-cert, --tls-key).
+        #[arg(long, requires_all = ["tls_ca", "tls_cert", "tls_key"])]
+        tls_bind: Option<std::net::SocketAddr>,
+        /// CA (PEM) that client certificates must be signed by.
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+        /// The broker's certificate (PEM).
+        #[arg(long)]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The broker's private key (PEM).
+        #[arg(long)]
+        tls_key: Option<std::path::PathBuf>,
     },
 }
 
@@ -148,9 +160,15 @@ fn main() -> ExitCode {
             block_on(district_gateway::sim::demo::run(args))
         }
         #[cfg(feature = "demo")]
-        Command::Broker { bind } => {
+        Command::Broker { bind, tls_bind, tls_ca, tls_cert, tls_key } => {
             ops::logging::init("warn,rumqttd=off");
-            match district_gateway::sim::broker::run_blocking(bind) {
+            let tls = match (tls_bind, tls_ca, tls_cert, tls_key) {
+                (Some(bind), Some(ca), Some(cert), Some(key)) => {
+                    Some(district_gateway::sim::broker::TlsListener { bind, ca, cert, key })
+                }
+                _ => None,
+            };
+            match district_gateway::sim::broker::run_blocking(bind, tls.as_ref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("district-gateway: {e:#}");

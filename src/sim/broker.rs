@@ -5,8 +5,18 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 
-fn config(bind: SocketAddr) -> anyhow::Result<rumqttd::Config> {
-    let text = format!(
+/// A second listener speaking MQTT over TLS that requires a client certificate signed by `ca`
+/// (PEM files), for testing `mqtts://` with client certificates without installing anything.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub bind: SocketAddr,
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+fn config(bind: SocketAddr, tls: Option<&TlsListener>) -> anyhow::Result<rumqttd::Config> {
+    let mut text = format!(
         r#"
 id = 0
 [router]
@@ -27,12 +37,37 @@ next_connection_delay_ms = 1
     dynamic_filters = true
 "#
     );
+    if let Some(t) = tls {
+        // TOML basic strings: serialize the paths rather than pasting them in.
+        let path = |p: &std::path::Path| toml::Value::String(p.display().to_string()).to_string();
+        text.push_str(&format!(
+            r#"
+[v4.2]
+name = "v4-2-tls"
+listen = "{}"
+next_connection_delay_ms = 1
+    [v4.2.tls]
+    capath = {}
+    certpath = {}
+    keypath = {}
+    [v4.2.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 262144
+    max_inflight_count = 500
+    dynamic_filters = true
+"#,
+            t.bind,
+            path(&t.ca),
+            path(&t.cert),
+            path(&t.key)
+        ));
+    }
     toml::from_str(&text).context("embedded broker config")
 }
 
 /// Starts the broker on its own thread and returns once it accepts connections (bounded wait).
 pub fn start(bind: SocketAddr) -> anyhow::Result<()> {
-    let mut broker = rumqttd::Broker::new(config(bind)?);
+    let mut broker = rumqttd::Broker::new(config(bind, None)?);
     std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
         if let Err(e) = broker.start() {
             eprintln!("embedded broker stopped: {e}");
@@ -48,9 +83,12 @@ pub fn start(bind: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Runs the broker in the foreground until the process is killed.
-pub fn run_blocking(bind: SocketAddr) -> anyhow::Result<()> {
-    let mut broker = rumqttd::Broker::new(config(bind)?);
+pub fn run_blocking(bind: SocketAddr, tls: Option<&TlsListener>) -> anyhow::Result<()> {
+    let mut broker = rumqttd::Broker::new(config(bind, tls)?);
     println!("embedded MQTT broker listening on {bind}");
+    if let Some(t) = tls {
+        println!("embedded MQTT broker listening on {} (TLS, client certificates required)", t.bind);
+    }
     broker.start().context("embedded broker")?;
     Ok(())
 }

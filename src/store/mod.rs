@@ -535,6 +535,8 @@ struct Inner {
     dir: PathBuf,
     opts: StoreOptions,
     next_seq: AtomicU64,
+    /// `State::max_committed`, readable without the lock: the uplink polls it after every PUBACK.
+    max_committed: AtomicU64,
     stats: StoreStats,
     state: Mutex<State>,
     last_flush: Mutex<Option<Instant>>,
@@ -932,6 +934,7 @@ impl Store {
                 dir: dir.to_path_buf(),
                 opts,
                 next_seq: AtomicU64::new(next_seq),
+                max_committed: AtomicU64::new(max_seq),
                 stats: inner_stats,
                 state: Mutex::new(state),
                 last_flush: Mutex::new(None),
@@ -1166,6 +1169,7 @@ impl Store {
                 }
             }
         }
+        self.inner.max_committed.store(st.max_committed, Ordering::Release);
         for (k, v) in &entry.kv {
             st.pending_kv.insert(k.clone(), v.clone());
         }
@@ -1774,6 +1778,11 @@ impl Store {
     pub fn drops(&self) -> u64 {
         let st = &self.inner.stats;
         st.readings_dropped.load(Ordering::Relaxed) + st.others_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The highest seq committed to the outbox so far (without taking the lock).
+    pub fn max_committed(&self) -> u64 {
+        self.inner.max_committed.load(Ordering::Acquire)
     }
 
     /// Bytes of the outbox log (what `max_bytes` bounds).

@@ -217,8 +217,8 @@ impl Link {
         if !self.connected {
             return;
         }
-        // Live.
-        'live: while self.unacked() < s.window {
+        // Live (nothing to read unless something was committed past the live cursor).
+        'live: while self.unacked() < s.window && store.max_committed() >= self.live {
             let want = s.window - self.unacked();
             let records = match store.read_range(self.live, u64::MAX, want, |_| true) {
                 Ok(r) => r,
