@@ -55,8 +55,20 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 pub struct Broker {
     pub port: u16,
+    /// A second listener, MQTT over TLS requiring a client certificate (see [`Broker::start_tls`]).
+    pub tls: Option<TlsListener>,
     child: Option<Child>,
     dir: tempfile::TempDir,
+}
+
+/// PEM files for a broker's TLS listener.
+#[derive(Clone)]
+pub struct TlsListener {
+    pub port: u16,
+    /// The CA client certificates must be signed by.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 pub fn broker_kind() -> String {
@@ -65,7 +77,16 @@ pub fn broker_kind() -> String {
 
 impl Broker {
     pub fn start() -> Broker {
-        let mut b = Broker { port: free_port(), child: None, dir: tempfile::tempdir().unwrap() };
+        let mut b = Broker { port: free_port(), tls: None, child: None, dir: tempfile::tempdir().unwrap() };
+        b.restart();
+        b
+    }
+
+    /// A broker with a plain listener (`port`) and a TLS listener that requires a client certificate
+    /// signed by `ca` (`tls.port`).
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> Broker {
+        let tls = TlsListener { port: free_port(), ca: ca.into(), cert: cert.into(), key: key.into() };
+        let mut b = Broker { port: free_port(), tls: Some(tls), child: None, dir: tempfile::tempdir().unwrap() };
         b.restart();
         b
     }
@@ -78,11 +99,20 @@ impl Broker {
         assert!(self.child.is_none(), "broker already running");
         let child = if broker_kind() == "mosquitto" {
             let conf = self.dir.path().join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n", self.port),
-            )
-            .unwrap();
+            let mut text = format!(
+                "per_listener_settings false\nallow_anonymous true\npersistence false\nuser root\nlistener {} 127.0.0.1\n",
+                self.port
+            );
+            if let Some(t) = &self.tls {
+                text.push_str(&format!(
+                    "listener {} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                    t.port,
+                    t.ca.display(),
+                    t.cert.display(),
+                    t.key.display()
+                ));
+            }
+            std::fs::write(&conf, text).unwrap();
             Command::new("mosquitto")
                 .arg("-c")
                 .arg(&conf)
@@ -91,19 +121,27 @@ impl Broker {
                 .spawn()
                 .expect("DG_TEST_BROKER=mosquitto but the mosquitto binary cannot be started")
         } else {
-            Command::new(BIN)
-                .args(["broker", "--bind", &format!("127.0.0.1:{}", self.port)])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            let mut cmd = Command::new(BIN);
+            cmd.args(["broker", "--bind", &format!("127.0.0.1:{}", self.port)]);
+            if let Some(t) = &self.tls {
+                cmd.args(["--tls-bind", &format!("127.0.0.1:{}", t.port)])
+                    .arg("--tls-ca")
+                    .arg(&t.ca)
+                    .arg("--tls-cert")
+                    .arg(&t.cert)
+                    .arg("--tls-key")
+                    .arg(&t.key);
+            }
+            cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
         };
         self.child = Some(child);
-        let port = self.port;
-        assert!(
-            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
-            "broker did not come up"
-        );
+        let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls.as_ref().map(|t| t.port)).collect();
+        for port in ports {
+            assert!(
+                wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+                "broker did not come up on {port}"
+            );
+        }
     }
 
     pub fn stop(&mut self) {
@@ -210,9 +248,21 @@ pub struct Daemon {
 }
 
 pub fn config_text(gateway: &str, data_dir: &Path, broker_url: &str, gwmp_port: u16, devices: &[SimDevice]) -> String {
+    config_text_with(gateway, data_dir, broker_url, "", gwmp_port, devices)
+}
+
+/// [`config_text`] with more lines in `[mqtt]`.
+pub fn config_text_with(
+    gateway: &str,
+    data_dir: &Path,
+    broker_url: &str,
+    mqtt_extra: &str,
+    gwmp_port: u16,
+    devices: &[SimDevice],
+) -> String {
     let mut s = format!(
         "[gateway]\nid = \"{gateway}\"\ndata_dir = \"{}\"\nlog_level = \"debug\"\n\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"{broker_url}\"\n\
-         topic_prefix = \"city\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
+         topic_prefix = \"city\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n{mqtt_extra}\n\
          [[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:{gwmp_port}\"\n\n",
         data_dir.display()
     );
@@ -224,10 +274,16 @@ pub fn config_text(gateway: &str, data_dir: &Path, broker_url: &str, gwmp_port: 
 
 impl Daemon {
     pub fn start(gateway: &str, broker_url: &str, devices: &[SimDevice]) -> Daemon {
+        Daemon::start_with(gateway, broker_url, "", devices)
+    }
+
+    /// [`Daemon::start`] with more lines in the config's `[mqtt]` section.
+    pub fn start_with(gateway: &str, broker_url: &str, mqtt_extra: &str, devices: &[SimDevice]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_udp_port();
         let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, config_text(gateway, &dir.path().join("data"), broker_url, port, devices)).unwrap();
+        let text = config_text_with(gateway, &dir.path().join("data"), broker_url, mqtt_extra, port, devices);
+        std::fs::write(&config, text).unwrap();
         let mut d = Daemon { dir, config, gwmp: SocketAddr::from(([127, 0, 0, 1], port)), child: None, runs: 0 };
         d.spawn();
         d
