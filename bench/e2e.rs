@@ -11,11 +11,13 @@
 //! Then, against the same mosquitto:
 //! - the drain of a backlog of `BENCH_BACKLOG` readings (default 1,000,000) built while the broker was
 //!   down, and the daemon's RSS with that backlog;
-//! - the ceiling: a bare rumqttc QoS 1 publisher;
+//! - the ceiling: a bare rumqttc QoS 1 publisher, counted the same way as the drain (by PUBACKs with
+//!   nobody subscribed, and again at a QoS 1 subscriber);
 //! - the peer: a mosquitto bridging to a second mosquitto with persistence on: its drain of the same
 //!   backlog, and what it loses on kill -9 under load.
 //!
-//! Figures are printed as Markdown; no pass/fail on timing.
+//! `BENCH_RUNS=3` repeats the backlog part and prints the medians. Figures are printed as Markdown;
+//! no pass/fail on timing.
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -149,9 +151,6 @@ impl Counter {
     }
     fn count(&self) -> usize {
         self.seen.lock().unwrap().ids.len()
-    }
-    fn last(&self) -> Option<Instant> {
-        self.seen.lock().unwrap().last
     }
     /// Messages per second from the first arrival to the last.
     fn rate(&self) -> (usize, f64, f64) {
@@ -525,9 +524,62 @@ fn follow_drain(b: &BackedUp) -> (f64, f64, f64) {
 /// publisher counted by its PUBACKs (nobody subscribed: what the broker accepts), then both again
 /// counted at a subscriber (what the broker delivers, which costs the broker, and the 2 cores, more).
 fn backlog_and_baselines(dir: &std::path::Path, devices: &std::path::Path, n_devices: u32, fcnt: u32) {
-    let backlog: u64 = std::env::var("BENCH_BACKLOG").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
     let mut fcnt = fcnt;
-    let b = build_backlog(dir, "bench-02", (devices, n_devices), &mut fcnt, backlog, true);
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        if runs > 1 {
+            println!("\n## Backlog run {run} of {runs}");
+        }
+        all.push(backlog_run(dir, devices, n_devices, &mut fcnt, run));
+    }
+    if runs > 1 {
+        let med = |f: Figure| {
+            let mut v: Vec<f64> = all.iter().map(f).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        println!("\n## Medians of {runs} runs\n");
+        println!("| figure | median | runs |\n|---|---:|---|");
+        let rows: [(&str, Figure); 8] = [
+            ("drain, PUBACKs, msg/s", |f| f.drain_ack),
+            ("ceiling (bare rumqttc), PUBACKs, msg/s", |f| f.bare_ack),
+            ("drain / ceiling, PUBACKs, %", |f| 100.0 * f.drain_ack / f.bare_ack),
+            ("drain at a subscriber, msg/s", |f| f.drain_sub),
+            ("ceiling at a subscriber, msg/s", |f| f.bare_sub),
+            ("drain / ceiling at a subscriber, %", |f| 100.0 * f.drain_sub / f.bare_sub),
+            ("mosquitto bridge drain at a subscriber, msg/s", |f| f.bridge_sub),
+            ("mosquitto bridge loss on kill -9, %", |f| f.bridge_loss_pct),
+        ];
+        for (name, f) in rows {
+            let each: Vec<String> = all.iter().map(|x| format!("{:.0}", f(x))).collect();
+            println!("| {name} | {:.0} | {} |", med(f), each.join(", "));
+        }
+    }
+}
+
+/// Picks one figure of a run.
+type Figure = fn(&DrainFigures) -> f64;
+
+/// One run's drain figures (msg/s unless named otherwise).
+struct DrainFigures {
+    drain_ack: f64,
+    bare_ack: f64,
+    drain_sub: f64,
+    bare_sub: f64,
+    bridge_sub: f64,
+    bridge_loss_pct: f64,
+}
+
+fn backlog_run(
+    dir: &std::path::Path,
+    devices: &std::path::Path,
+    n_devices: u32,
+    fcnt: &mut u32,
+    run: usize,
+) -> DrainFigures {
+    let backlog: u64 = std::env::var("BENCH_BACKLOG").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let b = build_backlog(dir, &format!("bench-02-{run}"), (devices, n_devices), fcnt, backlog, true);
     // Drain 1: start the broker, count the PUBACKs.
     let bport = b.broker_port;
     let m = mosquitto(dir, "drain", bport, "persistence false\n");
@@ -546,10 +598,11 @@ fn backlog_and_baselines(dir: &std::path::Path, devices: &std::path::Path, n_dev
 
     // Drain 2 and the ceiling again, both counted at a subscriber (QoS 1) of the same broker.
     let nsub = backlog.min(300_000);
-    let b = build_backlog(dir, "bench-03", (devices, n_devices), &mut fcnt, nsub, false);
+    let id = format!("bench-03-{run}");
+    let b = build_backlog(dir, &id, (devices, n_devices), fcnt, nsub, false);
     let bport2 = b.broker_port;
     let m2 = mosquitto(dir, "drain-sub", bport2, "persistence false\n");
-    let counter = Counter::start_fast(b.broker_port, "city/bench-03/#");
+    let counter = Counter::start_fast(b.broker_port, &format!("city/{id}/#"));
     counter.wait_for(b.acked as usize, Duration::from_secs(5));
     let (got, secs, sub_drain) = counter.rate();
     println!(
@@ -570,7 +623,7 @@ fn backlog_and_baselines(dir: &std::path::Path, devices: &std::path::Path, n_dev
 
     // Peer: mosquitto bridging to a second mosquitto with persistence on.
     let (pa, pb) = (free_port(), free_port());
-    let adir = dir.join("bridge-a");
+    let adir = dir.join(format!("bridge-a-{run}"));
     std::fs::create_dir_all(&adir).unwrap();
     let bridge_conf = format!(
         "persistence true\npersistence_location {}/\nautosave_interval 60\nconnection to-b\naddress 127.0.0.1:{pb}\ntopic bench/# out 1\ncleansession false\nrestart_timeout 1\nqueue_qos0_messages false\n",
@@ -583,13 +636,11 @@ fn backlog_and_baselines(dir: &std::path::Path, devices: &std::path::Path, n_dev
     let (a_acked, _) = bare_publisher(pa, nb, None, None);
     let b = mosquitto(dir, "bridge-b", pb, "persistence false\n");
     let counter = Counter::start_fast(pb, "bench/#");
-    let t = Instant::now();
     counter.wait_for(a_acked as usize, Duration::from_secs(20));
-    let received = counter.count();
-    let secs = counter.last().map(|l| l.duration_since(t).as_secs_f64()).unwrap_or(f64::NAN);
+    // Counted like our drain at a subscriber: first message to last (not the bridge's reconnect).
+    let (received, secs, bridge_sub) = counter.rate();
     println!(
-        "\n### Peer: mosquitto bridge (persistence on, autosave_interval 60) → mosquitto\n\n- drain of {a_acked} queued messages: {received} received in {secs:.1} s = **{:.0} msg/s**",
-        received as f64 / secs
+        "\n### Peer: mosquitto bridge (persistence on, autosave_interval 60) → mosquitto\n\n- drain of {a_acked} queued messages: {received} received in {secs:.1} s = **{bridge_sub:.0} msg/s**"
     );
     drop(counter);
     drop(a);
@@ -613,12 +664,20 @@ fn backlog_and_baselines(dir: &std::path::Path, devices: &std::path::Path, n_dev
     let _a2 = mosquitto(dir, "bridge-a", pa, &bridge_conf);
     counter.wait_for(acked_by_a as usize, Duration::from_secs(15));
     let got = counter.count();
+    let lost = acked_by_a.saturating_sub(got as u64);
+    let bridge_loss_pct = 100.0 * lost as f64 / acked_by_a.max(1) as f64;
     println!(
-        "- kill -9 of the bridging mosquitto under load: it acknowledged {acked_by_a}, {got} reached the second broker after its restart: **{} lost** ({:.1} %)",
-        acked_by_a.saturating_sub(got as u64),
-        100.0 * acked_by_a.saturating_sub(got as u64) as f64 / acked_by_a.max(1) as f64
+        "- kill -9 of the bridging mosquitto under load: it acknowledged {acked_by_a}, {got} reached the second broker after its restart: **{lost} lost** ({bridge_loss_pct:.1} %)"
     );
     drop(b);
+    DrainFigures {
+        drain_ack: drain,
+        bare_ack: bare,
+        drain_sub: sub_drain,
+        bare_sub: sub_bare,
+        bridge_sub,
+        bridge_loss_pct,
+    }
 }
 
 fn dir_size(p: &std::path::Path) -> u64 {
