@@ -230,6 +230,31 @@ fn bare_publisher(port: u16, n: u64, stop: Option<Arc<AtomicBool>>, acked_out: O
     (acked, secs)
 }
 
+/// Frames acknowledged (PUSH_ACK) from `simulate`'s summary line ("sent N ...; M acknowledged ...").
+fn acked_of(simulate_output: &str) -> f64 {
+    simulate_output
+        .split("; ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The daemon (release binary) on `config`, quiet, given 2 s to come up.
+fn start_daemon(config: &std::path::Path) -> Kill {
+    let daemon = Kill(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    daemon
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -314,16 +339,7 @@ fn main() {
         ),
     )
     .unwrap();
-    let daemon = Kill(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_secs(2));
+    let daemon = start_daemon(&config);
     let idle_rss = rss_kib(daemon.0.id());
 
     println!("\n## district-gateway end-to-end benchmark\n");
@@ -357,12 +373,7 @@ fn main() {
                 .unwrap_or(0.0)
         };
         let sent = num("sent ");
-        let acked = text
-            .split("; ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+        let acked = acked_of(&text);
         // Wait for the broker to receive everything that was acknowledged (bounded).
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline && (seen.lock().unwrap().0.len() as f64) < acked {
@@ -436,16 +447,7 @@ fn build_backlog(
         ),
     )
     .unwrap();
-    let daemon = Kill(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_secs(2));
+    let daemon = start_daemon(&config);
     // In runs of simulate of at most 20 s at 8,000 frames/s.
     let wb0 = write_bytes(daemon.0.id());
     let mut acked_total = 0f64;
@@ -461,12 +463,7 @@ fn build_backlog(
             .unwrap();
         *fcnt += (8000.0 * secs / f64::from(n_devices)) as u32 + 2;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let acked: f64 = text
-            .split("; ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+        let acked = acked_of(&text);
         acked_total += acked;
     }
     let build_s = t0.elapsed().as_secs_f64();
