@@ -16,6 +16,7 @@ pub mod loops;
 pub mod lorawan;
 pub mod meter;
 pub mod netserver;
+pub mod ns_store;
 pub mod ops;
 pub mod reading;
 pub mod runtime;

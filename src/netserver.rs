@@ -20,6 +20,7 @@ use crate::lorawan::downlink::{
     DeviceClass, DownlinkEvent, DownlinkId, DownlinkQueue, EnqueueError, QueueConfig, Scheduler,
 };
 use crate::lorawan::join::{DevAddrAllocator, JoinConfig, JoinContext, JoinError, JoinServer, OtaaDevice};
+use crate::lorawan::lifecycle::{Counters, Resumable, SessionId, SessionRecord};
 use crate::lorawan::region::{Eu868, UplinkRadio};
 use crate::lorawan::{Dedup, MType, Sessions, Uplink, UplinkError};
 use crate::reading::{rfc3339, LoraMeta, Reading};
@@ -39,7 +40,7 @@ pub struct DeviceInfo {
 }
 
 /// How a device is provisioned.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Provisioning {
     Abp { dev_addr: DevAddr, nwk_s_key: Key128, app_s_key: Key128, relax_fcnt: bool },
     Otaa { dev_eui: Eui64, join_eui: Eui64, app_key: Key128 },
@@ -53,14 +54,70 @@ pub struct NsConfig {
     pub min_lead_ms: u64,
 }
 
-/// State to write to the store (before the downlinks of the same result go out).
+/// State to write to the store (before the downlinks of the same result go out). A new session
+/// always comes as `Session` + `FcntUp`/`FcntUpReset` + `FcntDown` in one output, so the store has the
+/// keys and their counters together or not at all.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Persist {
-    FcntUp { device: String, fcnt: u32 },
-    FcntDown { device: String, next: u32 },
-    Session { device: String, dev_addr: DevAddr, nwk_s_key: Key128, app_s_key: Key128 },
-    DevNonce { dev_eui: Eui64, nonce: u16 },
-    JoinNonce { next: u32 },
+    FcntUp {
+        device: String,
+        fcnt: u32,
+    },
+    /// A new session: no uplink accepted under its keys yet.
+    FcntUpReset {
+        device: String,
+    },
+    FcntDown {
+        device: String,
+        next: u32,
+    },
+    /// The device's sessions (current and retired), written whenever they change.
+    Session {
+        device: String,
+        record: SessionRecord,
+    },
+    /// Where the device was last heard (None: forget it), written when it changes.
+    Route {
+        device: String,
+        origin: Option<Origin>,
+    },
+    DevNonce {
+        dev_eui: Eui64,
+        nonce: u16,
+    },
+    JoinNonce {
+        next: u32,
+    },
+}
+
+/// What the store had for a device at start.
+#[derive(Debug, Clone, Default)]
+pub struct StoredDevice {
+    /// None: nothing stored (a new device, or a store from before sessions were recorded for ABP).
+    pub record: Option<SessionRecord>,
+    pub fcnt_up: Option<u32>,
+    pub fcnt_down: Option<u32>,
+    pub route: Option<Origin>,
+}
+
+/// Why a class C device cannot be reached now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteWait {
+    /// Never heard since it was installed, and more than one source could transmit.
+    NeverHeard,
+    /// An OTAA device that has not joined: it has no session to send with.
+    NotJoined,
+}
+
+impl RouteWait {
+    pub fn reason(self) -> &'static str {
+        match self {
+            RouteWait::NeverHeard => {
+                "never heard since it was installed and several sources can transmit: waits for its first uplink"
+            }
+            RouteWait::NotJoined => "has not joined yet: no session to send with",
+        }
+    }
 }
 
 /// A downlink to send through the source and gateway in `origin`.
@@ -110,6 +167,12 @@ pub enum Note {
     DecodeError {
         device: String,
     },
+    /// Downlinks queued under keys that are gone (new keys, device removed): dropped, never sent.
+    DownlinksDropped {
+        device: String,
+        count: usize,
+        reason: &'static str,
+    },
 }
 
 /// What became of one frame.
@@ -149,8 +212,15 @@ pub struct NetworkServer {
     queues: HashMap<String, DownlinkQueue>,
     queue_config: QueueConfig,
     scheduler: Scheduler,
-    /// Where each device was last heard: class C downlinks go out there.
+    /// Where each device was last heard: class C downlinks go out there (persisted: `Persist::Route`).
     last_origin: HashMap<String, Origin>,
+    /// Each device's sessions, current and retired (also of removed devices: their counters must
+    /// continue if they come back with the same keys).
+    records: HashMap<String, SessionRecord>,
+    provisioning: HashMap<String, Provisioning>,
+    /// The one source that can transmit, when there is exactly one: class C devices never heard
+    /// since they were installed are sent through it.
+    default_route: Option<Origin>,
 }
 
 impl NetworkServer {
@@ -171,27 +241,104 @@ impl NetworkServer {
             queue_config: cfg.queue,
             scheduler: Scheduler::new(Eu868::default(), rx, cfg.min_lead_ms),
             last_origin: HashMap::new(),
+            records: HashMap::new(),
+            provisioning: HashMap::new(),
+            default_route: None,
         })
     }
 
-    /// Adds or replaces a device. ABP devices get their session at once; OTAA devices when they join
-    /// (or from a stored session, see [`NetworkServer::restore_session`]).
-    pub fn upsert_device(&mut self, name: &str, info: DeviceInfo, prov: Provisioning) {
+    /// Adds or replaces a device (config load, `device.upsert`). The lifecycle rules
+    /// (`lorawan::lifecycle`): the same keys keep the session, its counters, its route and its queued
+    /// downlinks (only profile, class and `relax_fcnt` change); other ABP keys retire the session and
+    /// start one whose counters are fresh only if these keys were never used by this device (else they
+    /// continue), dropping the downlinks queued under the old keys. An OTAA device keeps a joined
+    /// session until it joins again.
+    pub fn upsert_device(&mut self, name: &str, info: DeviceInfo, prov: Provisioning) -> Output {
+        let mut out = Output::default();
         if !self.decoders.contains_key(&info.profile) {
             if let Some(d) = decode::native(&info.profile) {
                 self.decoders.insert(info.profile.clone(), d);
             }
         }
+        let previous = self.provisioning.insert(name.to_string(), prov.clone());
+        if let Some(Provisioning::Otaa { dev_eui, .. }) = &previous {
+            let still = matches!(&prov, Provisioning::Otaa { dev_eui: e, .. } if e == dev_eui);
+            if !still {
+                self.join.remove_device(*dev_eui);
+            }
+        }
         match prov {
             Provisioning::Abp { dev_addr, nwk_s_key, app_s_key, relax_fcnt } => {
-                self.sessions.upsert(name, dev_addr, nwk_s_key, app_s_key, relax_fcnt);
-                self.open_queue(name, info.class, dev_addr, nwk_s_key, app_s_key);
+                let sid = SessionId { dev_addr, nwk_s_key, app_s_key };
+                let running = self.sessions.dev_addr_of(name).is_some();
+                let same = running && self.records.get(name).is_some_and(|r| r.is_current(&sid));
+                if same {
+                    let counters = self.counters(name);
+                    self.install(name, info.class, sid, relax_fcnt, counters);
+                    if let Some(r) = self.records.get_mut(name).filter(|r| r.current != Some(sid)) {
+                        // Same keys, new DevAddr: the counters continue; remember the address.
+                        r.current = Some(sid);
+                        out.persist.push(Persist::Session { device: name.to_string(), record: r.clone() });
+                    }
+                } else {
+                    self.start_session(name, info.class, sid, relax_fcnt, Resumable::Yes, &mut out);
+                }
             }
             Provisioning::Otaa { dev_eui, join_eui, app_key } => {
+                if matches!(previous, Some(Provisioning::Abp { .. })) {
+                    self.end_session(name, "the device was switched to OTAA", &mut out);
+                }
                 self.join.upsert_device(OtaaDevice { name: name.to_string(), dev_eui, join_eui, app_key });
+                if let Some(q) = self.queues.get_mut(name) {
+                    q.set_class(info.class);
+                }
             }
         }
         self.devices.insert(name.to_string(), info);
+        out
+    }
+
+    /// A device as the store had it at start, provisioned as configured now: its stored session and
+    /// counters are installed, then [`NetworkServer::upsert_device`]'s rules apply (a device re-keyed in
+    /// the config while the gateway was stopped gets a new session here). The output must be persisted
+    /// before anything is sent.
+    pub fn restore_device(&mut self, name: &str, info: DeviceInfo, prov: Provisioning, stored: StoredDevice) -> Output {
+        let legacy = stored.record.is_none();
+        let mut record = stored.record.unwrap_or_default();
+        let counters = Counters { fcnt_up: stored.fcnt_up, fcnt_down: stored.fcnt_down.unwrap_or(0) };
+        let mut migrated = false;
+        if let Provisioning::Abp { dev_addr, nwk_s_key, app_s_key, .. } = &prov {
+            if legacy && (stored.fcnt_up.is_some() || stored.fcnt_down.is_some()) {
+                // A store from before ABP sessions were recorded: its counters (kept by device name)
+                // belong to the keys configured now.
+                record.current = Some(SessionId { dev_addr: *dev_addr, nwk_s_key: *nwk_s_key, app_s_key: *app_s_key });
+                migrated = true;
+            }
+        }
+        if let Some(cur) = record.current {
+            let relax = matches!(prov, Provisioning::Abp { relax_fcnt: true, .. });
+            self.install(name, info.class, cur, relax, counters);
+        }
+        self.records.insert(name.to_string(), record);
+        if let Some(o) = stored.route {
+            self.last_origin.insert(name.to_string(), o);
+        }
+        let mut out = self.upsert_device(name, info, prov);
+        let wrote_session = out.persist.iter().any(|p| matches!(p, Persist::Session { .. }));
+        if migrated && !wrote_session {
+            if let Some(r) = self.records.get(name) {
+                out.persist.push(Persist::Session { device: name.to_string(), record: r.clone() });
+            }
+        }
+        out
+    }
+
+    /// A device the store remembers that is not configured now (removed): its sessions are kept so
+    /// that it continues its counters if it comes back with the same keys.
+    pub fn restore_removed(&mut self, name: &str, record: SessionRecord, counters: Counters) {
+        let mut record = record;
+        record.retire(counters, Resumable::Yes);
+        self.records.insert(name.to_string(), record);
     }
 
     /// Installs a decoder for a profile (e.g. a JS codec the shell loaded).
@@ -203,46 +350,139 @@ impl NetworkServer {
         self.decoders.contains_key(profile)
     }
 
-    pub fn remove_device(&mut self, name: &str) {
-        self.sessions.remove(name);
-        self.queues.remove(name);
-        self.devices.remove(name);
-        self.last_origin.remove(name);
+    /// The device as provisioned now (to undo a change whose persisting failed).
+    pub fn device_config(&self, name: &str) -> Option<(DeviceInfo, Provisioning)> {
+        Some((self.devices.get(name)?.clone(), self.provisioning.get(name)?.clone()))
     }
 
-    fn open_queue(&mut self, name: &str, class: DeviceClass, dev_addr: DevAddr, nwk: Key128, app: Key128) {
-        match self.queues.get_mut(name) {
+    /// Removes a device: its session is retired (kept with its counters), its queued downlinks are
+    /// dropped and it may not join any more.
+    pub fn remove_device(&mut self, name: &str) -> Output {
+        let mut out = Output::default();
+        self.end_session(name, "the device was removed", &mut out);
+        self.queues.remove(name);
+        if let Some(Provisioning::Otaa { dev_eui, .. }) = self.provisioning.remove(name) {
+            self.join.remove_device(dev_eui);
+        }
+        self.devices.remove(name);
+        if self.last_origin.remove(name).is_some() {
+            out.persist.push(Persist::Route { device: name.to_string(), origin: None });
+        }
+        out
+    }
+
+    /// The one source that can transmit (the shell knows), for class C devices never heard.
+    pub fn set_default_route(&mut self, origin: Option<Origin>) {
+        self.default_route = origin;
+    }
+
+    /// Class C devices that cannot be reached now, and why.
+    pub fn waiting_for_route(&self) -> Vec<(String, RouteWait)> {
+        let mut v: Vec<(String, RouteWait)> = self
+            .devices
+            .iter()
+            .filter(|(_, i)| i.class == DeviceClass::C)
+            .filter_map(|(name, _)| {
+                if self.sessions.dev_addr_of(name).is_none() {
+                    Some((name.clone(), RouteWait::NotJoined))
+                } else if !self.last_origin.contains_key(name) && self.default_route.is_none() {
+                    Some((name.clone(), RouteWait::NeverHeard))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The live counters of a device's current session.
+    fn counters(&self, name: &str) -> Counters {
+        Counters {
+            fcnt_up: self.sessions.last_fcnt(name),
+            fcnt_down: self.queues.get(name).map_or(0, |q| q.f_cnt_down()),
+        }
+    }
+
+    /// Makes `sid` the device's session with these counters (uplink acceptance and downlink queue).
+    fn install(&mut self, name: &str, class: DeviceClass, sid: SessionId, relax: bool, c: Counters) {
+        let (addr, nwk, app) = (sid.dev_addr, sid.nwk_s_key, sid.app_s_key);
+        self.sessions.upsert(name, addr, nwk, app, relax);
+        self.sessions.set_last_fcnt_opt(name, c.fcnt_up);
+        let q = match self.queues.get_mut(name) {
             Some(q) => {
                 q.set_class(class);
-                if q.dev_addr() != dev_addr {
-                    q.new_session(dev_addr, nwk, app);
+                if !q.session_is(addr, &nwk, &app) {
+                    q.new_session(addr, nwk, app);
                 }
+                q
             }
-            None => {
-                let q = DownlinkQueue::new(name, class, dev_addr, nwk, app, self.queue_config);
-                self.queues.insert(name.to_string(), q);
+            None => self
+                .queues
+                .entry(name.to_string())
+                .or_insert_with(|| DownlinkQueue::new(name, class, addr, nwk, app, self.queue_config)),
+        };
+        q.set_f_cnt_down(c.fcnt_down);
+    }
+
+    /// Retires the current session (if any) and starts `sid`: fresh counters for keys this device never
+    /// had, its old counters for keys it had. Downlinks queued under the old keys are dropped.
+    fn start_session(
+        &mut self,
+        name: &str,
+        class: DeviceClass,
+        sid: SessionId,
+        relax: bool,
+        resumable: Resumable,
+        out: &mut Output,
+    ) {
+        let old = self.counters(name);
+        let had_session = self.sessions.dev_addr_of(name).is_some();
+        let record = self.records.entry(name.to_string()).or_default();
+        if had_session {
+            record.retire(old, resumable);
+        }
+        let c = record.start(sid);
+        let record = record.clone();
+        if resumable == Resumable::Yes {
+            // ABP re-keying: what was queued was meant for the old session (a join, below, keeps the
+            // queue: the application data is simply sent under the new keys).
+            self.drop_queued(name, "the device got new session keys", out);
+        }
+        self.install(name, class, sid, relax, c);
+        push_session(name, record, c, out);
+    }
+
+    /// Retires the current session (device removed or switched to OTAA), keeping its counters.
+    fn end_session(&mut self, name: &str, why: &'static str, out: &mut Output) {
+        if self.sessions.dev_addr_of(name).is_none() {
+            return;
+        }
+        let c = self.counters(name);
+        self.sessions.remove(name);
+        self.drop_queued(name, why, out);
+        let record = self.records.entry(name.to_string()).or_default();
+        record.retire(c, Resumable::Yes);
+        out.persist.push(Persist::Session { device: name.to_string(), record: record.clone() });
+    }
+
+    fn drop_queued(&mut self, name: &str, reason: &'static str, out: &mut Output) {
+        if let Some(q) = self.queues.get_mut(name) {
+            let count = q.drop_all();
+            if count > 0 {
+                out.notes.push(Note::DownlinksDropped { device: name.to_string(), count, reason });
             }
+        }
+    }
+
+    /// Remembers where a device was heard; the store learns it only when it changed.
+    fn heard_at(&mut self, device: &str, origin: Origin, out: &mut Output) {
+        if self.last_origin.insert(device.to_string(), origin) != Some(origin) {
+            out.persist.push(Persist::Route { device: device.to_string(), origin: Some(origin) });
         }
     }
 
     // ------------------------------------------------------------------ restore from the store
-
-    pub fn restore_fcnt_up(&mut self, device: &str, fcnt: u32) {
-        self.sessions.set_last_fcnt(device, fcnt);
-    }
-
-    pub fn restore_fcnt_down(&mut self, device: &str, next: u32) {
-        if let Some(q) = self.queues.get_mut(device) {
-            q.set_f_cnt_down(next);
-        }
-    }
-
-    /// A session an OTAA device joined before the restart.
-    pub fn restore_session(&mut self, device: &str, dev_addr: DevAddr, nwk: Key128, app: Key128) {
-        let Some(info) = self.devices.get(device).cloned() else { return };
-        self.sessions.upsert(device, dev_addr, nwk, app, false);
-        self.open_queue(device, info.class, dev_addr, nwk, app);
-    }
 
     pub fn restore_nonces(&mut self, dev_eui: Eui64, nonces: impl IntoIterator<Item = u16>) {
         self.join.load_nonces(dev_eui, nonces);
@@ -283,7 +523,7 @@ impl NetworkServer {
             Err(e) => return (Outcome::Rejected(e), out),
         };
         out.persist.push(Persist::FcntUp { device: up.device.clone(), fcnt: up.f_cnt });
-        self.last_origin.insert(up.device.clone(), frame.origin);
+        self.heard_at(&up.device.clone(), frame.origin, &mut out);
         let mut status_metrics = Map::new();
         let radio = radio_of(frame, now_ms);
         if let Some(q) = self.queues.get_mut(&up.device) {
@@ -360,23 +600,14 @@ impl NetworkServer {
                 return Outcome::JoinRejected(JoinError::Build("no receive window for the join accept"));
             }
         };
-        let (nwk, app) = (j.keys.nwk_s_key, j.keys.app_s_key);
-        self.sessions.upsert(&j.device, j.dev_addr, nwk, app, false);
+        let sid = SessionId { dev_addr: j.dev_addr, nwk_s_key: j.keys.nwk_s_key, app_s_key: j.keys.app_s_key };
         let class = self.devices.get(&j.device).map_or(DeviceClass::A, |d| d.class);
-        self.open_queue(&j.device, class, j.dev_addr, nwk, app);
-        if let Some(q) = self.queues.get_mut(&j.device) {
-            q.new_session(j.dev_addr, nwk, app);
-        }
-        self.last_origin.insert(j.device.clone(), frame.origin);
+        // A join is a new session: FCntUp and FCntDown start again, persisted with the keys and the
+        // route in this one output (a restart before the first uplink must not apply the old counters).
+        self.start_session(&j.device, class, sid, false, Resumable::No, out);
+        self.heard_at(&j.device.clone(), frame.origin, out);
         out.persist.push(Persist::DevNonce { dev_eui: j.dev_eui, nonce: j.dev_nonce });
         out.persist.push(Persist::JoinNonce { next: self.next_join_nonce });
-        out.persist.push(Persist::Session {
-            device: j.device.clone(),
-            dev_addr: j.dev_addr,
-            nwk_s_key: nwk,
-            app_s_key: app,
-        });
-        out.persist.push(Persist::FcntDown { device: j.device.clone(), next: 0 });
         out.downlinks.push(OutDownlink {
             origin: frame.origin,
             device: j.device.clone(),
@@ -425,8 +656,9 @@ impl NetworkServer {
         if q.class() != DeviceClass::C || q.is_empty() {
             return;
         }
-        let Some(origin) = self.last_origin.get(device).copied() else {
-            // Never heard: we do not know which gateway reaches it. Wait for its first uplink.
+        let Some(origin) = self.last_origin.get(device).copied().or(self.default_route) else {
+            // Never heard and several sources could send: we do not know which one reaches it. Wait
+            // for its first uplink (`waiting_for_route` says so in status).
             return;
         };
         match self.scheduler.class_c(q, now_ms) {
@@ -513,6 +745,16 @@ impl NetworkServer {
             errors,
         }
     }
+}
+
+/// A new or resumed session's state: the record and both counters, together.
+fn push_session(name: &str, record: SessionRecord, c: Counters, out: &mut Output) {
+    out.persist.push(Persist::Session { device: name.to_string(), record });
+    out.persist.push(match c.fcnt_up {
+        Some(fcnt) => Persist::FcntUp { device: name.to_string(), fcnt },
+        None => Persist::FcntUpReset { device: name.to_string() },
+    });
+    out.persist.push(Persist::FcntDown { device: name.to_string(), next: c.fcnt_down });
 }
 
 fn radio_of(frame: &RadioFrame, now_ms: u64) -> Option<UplinkRadio> {

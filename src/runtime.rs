@@ -26,10 +26,10 @@ use crate::lorawan::downlink::{DeviceClass, QueueConfig};
 use crate::lorawan::join::{JoinConfig, NetId};
 use crate::lorawan::region::RxSettings;
 use crate::lorawan::UplinkError;
-use crate::netserver::{DeviceInfo, NetworkServer, Note, NsConfig, Outcome, Output, Persist, Provisioning};
+use crate::netserver::{DeviceInfo, NetworkServer, Note, NsConfig, Outcome, Output, Provisioning};
 use crate::ops::counters::Counters;
 use crate::reading::rfc3339;
-use crate::store::{Batch, Record, Store, StoredSession};
+use crate::store::{Batch, Record, Store};
 
 /// Frames from one source datagram (or meter samples); `done` says whether they are on disk.
 pub struct IngestRequest {
@@ -68,13 +68,17 @@ pub enum Control {
         payload: Vec<u8>,
         reply: oneshot::Sender<bool>,
     },
+    /// `device.upsert`: applied live and persisted together with the session state it changes;
+    /// `Err` when it could not be persisted (then nothing changed). `decoder`: its `js:` codec, already
+    /// loaded and test-run by the executor.
     UpsertDevice {
         device: Box<crate::config::DeviceConfig>,
-        reply: oneshot::Sender<()>,
+        decoder: Option<Box<dyn crate::decode::Decoder>>,
+        reply: oneshot::Sender<Result<DeviceChange, String>>,
     },
     RemoveDevice {
         device: String,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<DeviceChange, String>>,
     },
     /// The control loops' state, for `status`.
     LoopStatus {
@@ -86,6 +90,13 @@ pub enum Control {
         args: serde_json::Value,
         reply: oneshot::Sender<Result<serde_json::Value, (crate::ops::commands::RefusalCode, String)>>,
     },
+}
+
+/// What a remote device change did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeviceChange {
+    /// Downlinks queued under keys the change retired (dropped, never sent).
+    pub downlinks_dropped: usize,
 }
 
 /// How the daemon is embedded: hardware replacements, and where `config.apply` requests go.
@@ -153,7 +164,8 @@ impl Daemon {
                 ..crate::store::StoreOptions::from_config(config)
             },
         )?;
-        let config = &with_remote_devices(config, &store)?;
+        let (config, quarantined) = with_remote_devices(config, &store)?;
+        let config = &config;
         let health = crate::ops::health::Health::new(Duration::from_secs(10));
         let commands = Arc::new(crate::ops::commands::CommandCounts::default());
         let verifier = crate::ops::executor::verifier(config).map_err(|e| anyhow::anyhow!("ops.key: {e}"))?;
@@ -166,7 +178,7 @@ impl Daemon {
         let journaled = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
 
-        let ns = build_network_server(config, &store)?;
+        let (ns, quarantined) = build_network_server(config, &store, quarantined)?;
         let (tx, rx) = mpsc::channel::<IngestRequest>(1024);
         let (control_tx, control_rx) = mpsc::channel::<Control>(256);
 
@@ -243,6 +255,8 @@ impl Daemon {
             counters: counters.clone(),
             publish_readings: config.publish.readings,
             downlinks: downlink_txs,
+            sources: source_names(config),
+            quarantined,
         };
         tasks.spawn(pipeline.run(rx, control_rx));
 
@@ -321,21 +335,34 @@ impl Daemon {
     }
 }
 
+/// A device kept out of service: a remote change that cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub device: String,
+    pub reason: String,
+}
+
 /// The config's devices with the remote changes (`device.upsert` / `device.remove`) from the store
 /// applied on top: remote changes survive restarts and win over the file until the file changes them.
-fn with_remote_devices(config: &Config, store: &Store) -> anyhow::Result<Config> {
+/// A remote device that cannot be read is quarantined (kept in the store, not used, reported): a
+/// start never fails because of one.
+fn with_remote_devices(config: &Config, store: &Store) -> anyhow::Result<(Config, Vec<Quarantined>)> {
     let mut c = config.clone();
+    let mut quarantined = Vec::new();
     for (name, json) in store.remote_devices()? {
         c.device.retain(|d| d.name != name);
         if json.is_empty() {
             continue; // removed remotely
         }
-        match serde_json::from_slice::<crate::config::DeviceConfig>(&json) {
+        let parsed = serde_json::from_slice::<crate::config::DeviceConfig>(&json)
+            .map_err(|e| e.to_string())
+            .and_then(|d| crate::config::check_device(&d).map(|()| d));
+        match parsed {
             Ok(d) => c.device.push(d),
-            Err(e) => tracing::warn!(device = %name, error = %e, "a remotely added device cannot be read; skipped"),
+            Err(reason) => quarantined.push(Quarantined { device: name, reason }),
         }
     }
-    Ok(c)
+    Ok((c, quarantined))
 }
 
 fn metrics_fn(
@@ -490,7 +517,16 @@ fn restrict_permissions(dir: &Path) {
     }
 }
 
-fn build_network_server(config: &Config, store: &Store) -> anyhow::Result<NetworkServer> {
+/// The network server with every device and its stored state. Whatever the restore decided (new
+/// sessions for re-keyed devices, session records for devices seen the first time) is committed and
+/// flushed here, before any task can send. Returns the devices quarantined.
+fn build_network_server(
+    config: &Config,
+    store: &Store,
+    mut quarantined: Vec<Quarantined>,
+) -> anyhow::Result<(NetworkServer, Vec<Quarantined>)> {
+    let remote: std::collections::HashSet<String> =
+        store.remote_devices()?.into_iter().filter(|(_, j)| !j.is_empty()).map(|(n, _)| n).collect();
     let l = &config.lorawan;
     let net_id = NetId::from_hex(&l.net_id).map_err(|e| anyhow::anyhow!("lorawan.net_id: {e}"))?;
     let rx = RxSettings {
@@ -516,42 +552,70 @@ fn build_network_server(config: &Config, store: &Store) -> anyhow::Result<Networ
         min_lead_ms: l.min_lead_ms,
     })
     .map_err(|e| anyhow::anyhow!("lorawan: {e}"))?;
+    let mut devices = Vec::new();
     for d in &config.device {
-        let (info, prov) = provisioning(d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name))?;
-        if let Some(path) = d.js_codec_path() {
-            if !ns.has_decoder(&d.profile) {
-                ns.set_decoder(&d.profile, load_js_codec(config, &d.profile, path)?);
+        let loaded = provisioning(d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name)).and_then(|p| {
+            if let Some(path) = d.js_codec_path() {
+                if !ns.has_decoder(&d.profile) {
+                    ns.set_decoder(&d.profile, load_js_codec(config, &d.profile, path)?);
+                }
             }
+            Ok(p)
+        });
+        match loaded {
+            Ok((info, prov)) => devices.push((d.name.clone(), info, prov)),
+            // A device from the store that cannot be loaded is quarantined; the config file's own
+            // devices fail the start with a clear message (an operator is editing the file, and
+            // `check-config` shows the problem).
+            Err(e) if remote.contains(&d.name) => {
+                quarantined.push(Quarantined { device: d.name.clone(), reason: format!("{e:#}") });
+            }
+            Err(e) => return Err(e),
         }
-        ns.upsert_device(&d.name, info, prov);
     }
-    for (device, s) in store.sessions()? {
-        ns.restore_session(&device, s.dev_addr, s.nwk_s_key, s.app_s_key);
+    let sources = source_names(config);
+    let startup = crate::ns_store::restore(&mut ns, store, devices, &sources)?;
+    ns.set_default_route(default_route(config));
+    crate::ns_store::commit_restore(store, startup, &sources)?;
+    for q in &quarantined {
+        tracing::error!(device = %q.device, reason = %q.reason,
+            "a remotely added device cannot be loaded: quarantined (kept in the store, not used); send a corrected device.upsert or device.remove");
     }
-    for (device, fcnt) in store.fcnts()? {
-        ns.restore_fcnt_up(&device, fcnt);
-    }
-    for (device, next) in store.fcnts_down()? {
-        ns.restore_fcnt_down(&device, next);
-    }
-    for (eui, nonces) in store.dev_nonces()? {
-        ns.restore_nonces(eui, nonces);
-    }
-    ns.restore_join_nonce(store.join_nonce()?);
     tracing::info!(devices = ns.device_count(), sessions = ns.session_count(), "LoRaWAN network server ready");
-    Ok(ns)
+    Ok((ns, quarantined))
 }
 
-/// Loads a TTN-format JavaScript codec (`profile = "js:PATH"`), sandboxed with the default limits.
-fn load_js_codec(config: &Config, profile: &str, path: &str) -> anyhow::Result<Box<dyn crate::decode::Decoder>> {
+/// The one source that can transmit, when there is exactly one (a packet forwarder or an SX127x):
+/// class C devices never heard since they were installed are sent through it. A gwmp route with
+/// gateway 0 means "the one gateway pulling on this source".
+fn default_route(config: &Config) -> Option<crate::ingest::Origin> {
+    let mut tx =
+        config.source.iter().enumerate().filter(|(_, s)| matches!(s, SourceConfig::Gwmp(_) | SourceConfig::Sx127x(_)));
+    let (i, _) = tx.next()?;
+    tx.next().is_none().then_some(crate::ingest::Origin { source: i, gateway: Eui64(0) })
+}
+
+/// The sources' names by index (stored routes name their source).
+fn source_names(config: &Config) -> Vec<String> {
+    config.source.iter().map(|s| s.name().to_string()).collect()
+}
+
+/// Loads a TTN-format JavaScript codec (`profile = "js:PATH"`), sandboxed with the default limits,
+/// and test-runs it ([`crate::decode::js::JsCodec::self_test`]).
+pub(crate) fn load_js_codec(
+    config: &Config,
+    profile: &str,
+    path: &str,
+) -> anyhow::Result<Box<dyn crate::decode::Decoder>> {
     use crate::decode::js::{JsCodec, JsLimits};
     let full = config.resolve_path(Path::new(path));
     let source = std::fs::read_to_string(&full).with_context(|| format!("reading codec {}", full.display()))?;
     // The decode module is pure: the shell gives the codec runtime its clock (monotonic).
     let origin = std::time::Instant::now();
     let clock: crate::decode::js::Clock = Arc::new(move || origin.elapsed());
-    let codec = JsCodec::load(profile, &source, JsLimits::default(), clock)
+    let mut codec = JsCodec::load(profile, &source, JsLimits::default(), clock)
         .map_err(|e| anyhow::anyhow!("codec {}: {e}", full.display()))?;
+    codec.self_test().map_err(|e| anyhow::anyhow!("codec {}: {e}", full.display()))?;
     Ok(Box::new(codec))
 }
 
@@ -669,6 +733,9 @@ struct Pipeline {
     counters: Arc<Counters>,
     publish_readings: bool,
     downlinks: Vec<mpsc::Sender<SourceDownlink>>,
+    /// The sources' names by index, for stored routes.
+    sources: Vec<String>,
+    quarantined: Vec<Quarantined>,
 }
 
 impl Pipeline {
@@ -703,8 +770,12 @@ impl Pipeline {
                     self.apply(Batch::default(), out, 0).await;
                     let lo = self.loops.tick(crate::clock::now());
                     self.loop_output(lo).await;
+                    let mut control = self.loops.status(crate::clock::now());
+                    if let Some(o) = control.as_object_mut() {
+                        o.insert("lorawan".into(), self.lorawan_status());
+                    }
                     if let Ok(mut b) = self.board.lock() {
-                        b.control = self.loops.status(crate::clock::now());
+                        b.control = control;
                     }
                     if last_save.elapsed() >= LOOPS_SAVE_EVERY {
                         self.save_loops();
@@ -911,29 +982,16 @@ impl Pipeline {
                 let ok = self.apply(batch, Output::default(), 0).await;
                 let _ = reply.send(ok);
             }
-            Control::UpsertDevice { device, reply } => {
-                match provisioning(&device) {
-                    Ok((info, prov)) => {
-                        self.ns.remove_device(&device.name);
-                        self.ns.upsert_device(&device.name, info, prov);
-                        tracing::info!(device = %device.name, "device added or changed remotely");
-                    }
-                    Err(e) => tracing::warn!(device = %device.name, error = %e, "remote device refused"),
-                }
-                let _ = reply.send(());
+            Control::UpsertDevice { device, decoder, reply } => {
+                let _ = reply.send(self.upsert_device(*device, decoder).await);
             }
             Control::RemoveDevice { device, reply } => {
-                self.ns.remove_device(&device);
-                tracing::info!(%device, "device removed remotely");
-                let _ = reply.send(());
+                let _ = reply.send(self.remove_device(&device).await);
             }
             Control::LoopStatus { reply } => {
                 let mut status = self.loops.status(crate::clock::now());
                 if let Some(o) = status.as_object_mut() {
-                    o.insert(
-                        "lorawan".into(),
-                        serde_json::json!({"devices": self.ns.device_count(), "sessions": self.ns.session_count(), "queued_downlinks": self.ns.queued_downlinks()}),
-                    );
+                    o.insert("lorawan".into(), self.lorawan_status());
                 }
                 let _ = reply.send(status);
             }
@@ -945,6 +1003,73 @@ impl Pipeline {
         }
     }
 
+    /// The network server's part of `status` and of the status page: counts, class C devices that
+    /// wait for a route (and why), quarantined devices.
+    fn lorawan_status(&self) -> serde_json::Value {
+        let waiting: Vec<serde_json::Value> = self
+            .ns
+            .waiting_for_route()
+            .into_iter()
+            .map(|(device, why)| serde_json::json!({"device": device, "reason": why.reason()}))
+            .collect();
+        let quarantined: Vec<serde_json::Value> =
+            self.quarantined.iter().map(|q| serde_json::json!({"device": q.device, "reason": q.reason})).collect();
+        serde_json::json!({"devices": self.ns.device_count(), "sessions": self.ns.session_count(),
+            "queued_downlinks": self.ns.queued_downlinks(), "waiting_for_route": waiting, "quarantined": quarantined})
+    }
+
+    /// `device.upsert`, all or nothing: the network server changes, and the device's JSON and the
+    /// session state the change causes are committed in one entry and flushed. When that fails, the
+    /// network server is put back as it was (the old keys resume their counters) and the caller answers
+    /// `ok: false`.
+    async fn upsert_device(
+        &mut self,
+        device: crate::config::DeviceConfig,
+        decoder: Option<Box<dyn crate::decode::Decoder>>,
+    ) -> Result<DeviceChange, String> {
+        let (info, prov) = provisioning(&device)?;
+        let json = serde_json::to_vec(&device).map_err(|e| e.to_string())?;
+        let before = self.ns.device_config(&device.name);
+        if let Some(d) = decoder {
+            self.ns.set_decoder(&device.profile, d);
+        }
+        let out = self.ns.upsert_device(&device.name, info, prov);
+        let change = DeviceChange { downlinks_dropped: dropped_downlinks(&out) };
+        let mut batch = Batch::default();
+        batch.set_remote_device(&device.name, Some(&json));
+        if self.apply(batch, out, 0).await {
+            self.quarantined.retain(|q| q.device != device.name);
+            tracing::info!(device = %device.name, "device added or changed remotely");
+            return Ok(change);
+        }
+        let undo = match before {
+            Some((info, prov)) => self.ns.upsert_device(&device.name, info, prov),
+            None => self.ns.remove_device(&device.name),
+        };
+        // Best effort: the old state is what the store still has; this only records the undo.
+        self.apply(Batch::default(), undo, 0).await;
+        Err("the change could not be written to the journal; nothing changed".into())
+    }
+
+    /// `device.remove`, all or nothing like [`Pipeline::upsert_device`].
+    async fn remove_device(&mut self, name: &str) -> Result<DeviceChange, String> {
+        let before = self.ns.device_config(name);
+        let out = self.ns.remove_device(name);
+        let change = DeviceChange { downlinks_dropped: dropped_downlinks(&out) };
+        let mut batch = Batch::default();
+        batch.set_remote_device(name, None);
+        if self.apply(batch, out, 0).await {
+            self.quarantined.retain(|q| q.device != name);
+            tracing::info!(device = %name, "device removed remotely");
+            return Ok(change);
+        }
+        if let Some((info, prov)) = before {
+            let undo = self.ns.upsert_device(name, info, prov);
+            self.apply(Batch::default(), undo, 0).await;
+        }
+        Err("the change could not be written to the journal; nothing changed".into())
+    }
+
     /// Journals `batch` plus the state in `out`, flushes, and only then sends the downlinks.
     /// Returns whether everything is on disk.
     /// `readings` counts the readings in `batch` (for the metric); other records (aggregates, events,
@@ -952,17 +1077,7 @@ impl Pipeline {
     async fn apply(&mut self, mut batch: Batch, out: Output, readings: u64) -> bool {
         let records = batch.len() as u64;
         let has_records = records > 0;
-        for p in out.persist {
-            match p {
-                Persist::FcntUp { device, fcnt } => batch.set_fcnt(&device, fcnt),
-                Persist::FcntDown { device, next } => batch.set_fcnt_down(&device, next),
-                Persist::Session { device, dev_addr, nwk_s_key, app_s_key } => {
-                    batch.set_session(&device, &StoredSession { dev_addr, nwk_s_key, app_s_key })
-                }
-                Persist::DevNonce { dev_eui, nonce } => batch.add_dev_nonce(dev_eui, nonce),
-                Persist::JoinNonce { next } => batch.set_join_nonce(next),
-            }
-        }
+        crate::ns_store::persist_into(&mut batch, out.persist, &self.sources);
         for n in out.notes {
             self.note(n);
         }
@@ -1030,8 +1145,15 @@ impl Pipeline {
                 Counters::inc(&self.counters.decode_errors);
                 tracing::debug!(%device, "payload could not be decoded");
             }
+            Note::DownlinksDropped { device, count, reason } => {
+                tracing::warn!(%device, count, reason, "queued downlinks dropped: their session's keys are gone");
+            }
         }
     }
+}
+
+fn dropped_downlinks(out: &Output) -> usize {
+    out.notes.iter().map(|n| if let Note::DownlinksDropped { count, .. } = n { *count } else { 0 }).sum()
 }
 
 fn count_rejection(counters: &Counters, e: &UplinkError) {

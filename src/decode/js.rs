@@ -219,10 +219,14 @@ impl JsCodec {
     /// Like [`Decoder::decode`], and passes `recv_time` (RFC 3339) to the codec as
     /// `input.recvTime`, a `Date`, as The Things Stack does.
     pub fn decode_at(&mut self, f_port: u8, payload: &[u8], recv_time: Option<&str>) -> Result<Decoded, DecodeError> {
+        self.run(f_port, payload, recv_time).map_err(|f| DecodeError::Codec(f.into_message()))
+    }
+
+    fn run(&mut self, f_port: u8, payload: &[u8], recv_time: Option<&str>) -> Result<Decoded, Failure> {
         let engine = match self.engine.take() {
             Some(e) => e,
             None => start(&self.source, &self.limits, &self.watchdog)
-                .map_err(|f| DecodeError::Codec(format!("codec reload failed: {}", f.into_message())))?,
+                .map_err(|f| Failure::Limit(format!("codec reload failed: {}", f.into_message())))?,
         };
 
         self.watchdog.arm(self.limits.time_budget);
@@ -248,10 +252,27 @@ impl JsCodec {
                 if heap_healthy(&engine.rt, self.limits.memory_bytes) {
                     self.engine = Some(engine);
                 }
-                Err(DecodeError::Codec(msg))
+                Err(Failure::Codec(msg))
             }
             // The engine is dropped here: a clean one is started on the next call.
-            Err(Failure::Limit(msg)) => Err(DecodeError::Codec(msg)),
+            Err(Failure::Limit(msg)) => Err(Failure::Limit(msg)),
+        }
+    }
+
+    /// A trial run before a codec goes into service (`device.upsert`): it must define
+    /// `decodeUplink`, and a call with a one-byte payload on FPort 1 must finish within the limits. The
+    /// codec may refuse the sample (an error it raises or returns is fine): only a codec that cannot
+    /// run at all is refused.
+    pub fn self_test(&mut self) -> Result<(), String> {
+        let defined = self.engine.as_ref().is_none_or(|e| {
+            e.ctx.with(|ctx| ctx.globals().get::<_, Value>("decodeUplink").is_ok_and(|v| v.is_function()))
+        });
+        if !defined {
+            return Err("codec defines no function decodeUplink".into());
+        }
+        match self.run(1, &[0], None) {
+            Err(Failure::Limit(m)) => Err(format!("trial decode: {m}")),
+            _ => Ok(()),
         }
     }
 }

@@ -307,6 +307,11 @@ impl DownlinkQueue {
         self.last_commit = None;
     }
 
+    /// True when the queue sends with this address and these keys.
+    pub fn session_is(&self, dev_addr: DevAddr, nwk_s_key: &Key128, app_s_key: &Key128) -> bool {
+        self.dev_addr == dev_addr && self.nwk_s_key == *nwk_s_key && self.app_s_key == *app_s_key
+    }
+
     /// The next FCntDown (persist it after every frame built).
     pub fn f_cnt_down(&self) -> u32 {
         self.f_cnt_down
@@ -356,6 +361,17 @@ impl DownlinkQueue {
         let before = self.queue.len();
         self.queue.retain(|i| i.id != id);
         before != self.queue.len()
+    }
+
+    /// Drops every queued downlink and the one in flight (their session's keys are gone): how many.
+    pub fn drop_all(&mut self) -> usize {
+        let n = self.len();
+        self.queue.clear();
+        self.in_flight = None;
+        self.mac_answers.clear();
+        self.ack_due = false;
+        self.last_commit = None;
+        n
     }
 
     /// Processes a verified uplink of this device: ACK tracking, MAC commands, the ACK it needs.

@@ -208,6 +208,9 @@ pub enum JoinError {
 struct DeviceState {
     device: OtaaDevice,
     used_nonces: BTreeSet<u16>,
+    /// False after `remove_device`: the device may not join, but its used DevNonces are kept, so a
+    /// device removed and added again cannot be made to accept an old JoinRequest.
+    active: bool,
 }
 
 /// The join server: OTAA devices by DevEUI and their used DevNonces.
@@ -237,27 +240,32 @@ impl JoinServer {
     pub fn upsert_device(&mut self, device: OtaaDevice) {
         let dev_eui = device.dev_eui;
         match self.devices.get_mut(&dev_eui) {
-            Some(s) => s.device = device,
+            Some(s) => {
+                s.device = device;
+                s.active = true;
+            }
             None => {
-                self.devices.insert(dev_eui, DeviceState { device, used_nonces: BTreeSet::new() });
+                self.devices.insert(dev_eui, DeviceState { device, used_nonces: BTreeSet::new(), active: true });
             }
         }
     }
 
     pub fn remove_device(&mut self, dev_eui: Eui64) -> Option<OtaaDevice> {
-        self.devices.remove(&dev_eui).map(|s| s.device)
+        let s = self.devices.get_mut(&dev_eui).filter(|s| s.active)?;
+        s.active = false;
+        Some(s.device.clone())
     }
 
     pub fn device(&self, dev_eui: Eui64) -> Option<&OtaaDevice> {
-        self.devices.get(&dev_eui).map(|s| &s.device)
+        self.devices.get(&dev_eui).filter(|s| s.active).map(|s| &s.device)
     }
 
     pub fn len(&self) -> usize {
-        self.devices.len()
+        self.devices.values().filter(|s| s.active).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
+        self.len() == 0
     }
 
     /// The DevNonces a device has used, ascending (what the store keeps).
@@ -289,7 +297,7 @@ impl JoinServer {
         let state = self
             .devices
             .get_mut(&req.dev_eui)
-            .filter(|s| s.device.join_eui == req.join_eui)
+            .filter(|s| s.active && s.device.join_eui == req.join_eui)
             .ok_or(JoinError::UnknownDevice { join_eui: req.join_eui, dev_eui: req.dev_eui })?;
         let app_key = AES128(*state.device.app_key.expose());
         let parsed = JoinRequestPayload::new_with_factory(phy, DefaultFactory)

@@ -16,6 +16,7 @@ pub mod dedup;
 pub mod downlink;
 pub mod dutycycle;
 pub mod join;
+pub mod lifecycle;
 pub mod mac;
 pub mod region;
 pub mod session;

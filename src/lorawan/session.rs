@@ -109,6 +109,17 @@ impl Sessions {
         }
     }
 
+    /// Sets (or clears: a new session) the last accepted counter. Returns false for an unknown device.
+    pub fn set_last_fcnt_opt(&mut self, device: &str, fcnt_up: Option<u32>) -> bool {
+        match self.get_mut(device) {
+            Some(s) => {
+                s.last_fcnt = fcnt_up;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The last accepted counter of a device, if any.
     pub fn last_fcnt(&self, device: &str) -> Option<u32> {
         let addr = self.addr_of.get(device)?;

@@ -89,10 +89,13 @@ pub enum RefusalCode {
     WrongGateway,
     /// The gateway could not carry out a valid command (e.g. the seen-id store failed). Added name.
     Internal,
+    /// A valid change (`device.upsert`, `device.remove`) could not be written to the journal: nothing
+    /// changed; send it again later. Added name.
+    NotPersisted,
 }
 
 impl RefusalCode {
-    pub const ALL: [RefusalCode; 9] = [
+    pub const ALL: [RefusalCode; 10] = [
         RefusalCode::BadSignature,
         RefusalCode::UnknownKey,
         RefusalCode::Expired,
@@ -102,6 +105,7 @@ impl RefusalCode {
         RefusalCode::InvalidArgs,
         RefusalCode::WrongGateway,
         RefusalCode::Internal,
+        RefusalCode::NotPersisted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +119,7 @@ impl RefusalCode {
             RefusalCode::InvalidArgs => "invalid_args",
             RefusalCode::WrongGateway => "wrong_gateway",
             RefusalCode::Internal => "internal",
+            RefusalCode::NotPersisted => "not_persisted",
         }
     }
 }

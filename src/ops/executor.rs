@@ -188,30 +188,36 @@ async fn status(ctx: &ExecutorContext) -> Value {
 }
 
 async fn device_upsert(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Value, Refusal> {
-    // The args are a [[device]] table in JSON; validated like the config file's devices. Keys are
-    // accepted here and stored, and never echoed.
+    // The args are a [[device]] table in JSON; validated like the config file's devices, its `js:`
+    // codec loaded and test-run, all before anything changes. Keys are accepted here and stored, and
+    // never echoed.
     let dev: DeviceConfig = cmd.args_as()?;
     crate::config::check_device(&dev).map_err(|e| cmd.refuse(RefusalCode::InvalidArgs, e))?;
     let activation = dev.activation().map_err(|e| cmd.refuse(RefusalCode::InvalidArgs, e.to_string()))?;
-    let json = serde_json::to_vec(&dev).map_err(|e| cmd.refuse(RefusalCode::Internal, e.to_string()))?;
-    ctx.store
-        .set_remote_device(&dev.name, Some(&json))
-        .map_err(|e| cmd.refuse(RefusalCode::Internal, e.to_string()))?;
-    let _ = ctx.store.flush().await;
+    let decoder = match dev.js_codec_path() {
+        Some(path) => Some(
+            crate::runtime::load_js_codec(&ctx.config, &dev.profile, path)
+                .map_err(|e| cmd.refuse(RefusalCode::InvalidArgs, format!("profile: {e:#}")))?,
+        ),
+        None => None,
+    };
     let (reply, done) = oneshot::channel();
     let name = dev.name.clone();
     ctx.control
-        .send(Control::UpsertDevice { device: Box::new(dev.clone()), reply })
+        .send(Control::UpsertDevice { device: Box::new(dev.clone()), decoder, reply })
         .await
         .map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?;
-    let _ = done.await;
+    let change = done
+        .await
+        .map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?
+        .map_err(|e| cmd.refuse(RefusalCode::NotPersisted, e))?;
     ctx.config.device.retain(|d| d.name != name);
     ctx.config.device.push(dev);
     let kind = match activation {
         crate::config::Activation::Abp { .. } => "abp",
         crate::config::Activation::Otaa { .. } => "otaa",
     };
-    Ok(json!({"device": name, "activation": kind, "persisted": true}))
+    Ok(json!({"device": name, "activation": kind, "persisted": true, "downlinks_dropped": change.downlinks_dropped}))
 }
 
 async fn device_remove(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Value, Refusal> {
@@ -224,11 +230,15 @@ async fn device_remove(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Value
     if !ctx.config.device.iter().any(|d| d.name == name) {
         return Err(cmd.refuse(RefusalCode::InvalidArgs, format!("no device named {name:?}")));
     }
-    ctx.store.set_remote_device(&name, None).map_err(|e| cmd.refuse(RefusalCode::Internal, e.to_string()))?;
-    let _ = ctx.store.flush().await;
     let (reply, done) = oneshot::channel();
-    let _ = ctx.control.send(Control::RemoveDevice { device: name.clone(), reply }).await;
-    let _ = done.await;
+    ctx.control
+        .send(Control::RemoveDevice { device: name.clone(), reply })
+        .await
+        .map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?;
+    let change = done
+        .await
+        .map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?
+        .map_err(|e| cmd.refuse(RefusalCode::NotPersisted, e))?;
     ctx.config.device.retain(|d| d.name != name);
-    Ok(json!({"device": name, "removed": true}))
+    Ok(json!({"device": name, "removed": true, "downlinks_dropped": change.downlinks_dropped}))
 }

@@ -68,6 +68,7 @@ pub fn render(view: &StatusView) -> String {
     cards(&mut h, view, now);
     sources(&mut h, &view.sources, now);
     devices(&mut h, &view.devices, now);
+    device_problems(&mut h, view.control.get("lorawan").unwrap_or(&Value::Null));
     lighting(&mut h, view.control.get("lighting").unwrap_or(&Value::Null), now);
     demand(&mut h, view.control.get("demand_response").unwrap_or(&Value::Null), now);
     traffic(&mut h, &view.counters);
@@ -200,6 +201,28 @@ fn devices(h: &mut String, devices: &[DeviceView], now: DateTime<Utc>) {
             esc(&rssi),
             esc(&snr),
             d.error.as_deref().map(|e| esc(&cut(e))).unwrap_or_default(),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+/// Class C devices that wait for a route and quarantined devices, when there are any.
+fn device_problems(h: &mut String, lorawan: &Value) {
+    let list = |k: &str| lorawan.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+    let (waiting, quarantined) = (list("waiting_for_route"), list("quarantined"));
+    if waiting.is_empty() && quarantined.is_empty() {
+        return;
+    }
+    let _ = writeln!(h, "<h2>Devices needing attention ({})</h2>", waiting.len() + quarantined.len());
+    h.push_str("<table id=\"device-problems\"><tr><th>name</th><th>state</th><th>why</th></tr>\n");
+    let rows = waiting.iter().map(|v| ("waits for a route", v)).chain(quarantined.iter().map(|v| ("quarantined", v)));
+    for (state, v) in rows {
+        let text = |k: &str| esc(&cut(v.get(k).and_then(Value::as_str).unwrap_or("")));
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{state}</td><td class=\"err\">{}</td></tr>",
+            text("device"),
+            text("reason")
         );
     }
     h.push_str("</table>\n");

@@ -28,7 +28,8 @@
 //! | `m/episode`             | the running drop episode (JSON)         |
 //! | `f/` + device name      | last accepted uplink FCnt (u32 BE)      |
 //! | `d/` + device name      | next FCntDown (u32 BE)                  |
-//! | `s/` + device name      | OTAA session: DevAddr, NwkSKey, AppSKey |
+//! | `s/` + device name      | sessions: current + retired (`device_state.rs`) |
+//! | `r/` + device name      | last-heard route: gateway EUI, source name |
 //! | `n/` + DevEUI + nonce   | a used DevNonce (empty value)           |
 //! | `m/join_nonce`          | the next JoinNonce (u32 BE)             |
 //! | `c/` + command id       | an accepted command: forget after (ms)  |
@@ -54,7 +55,10 @@
 //! order; the readers rely on that.
 
 mod codec;
+mod device_state;
 mod ranges;
+
+pub use device_state::StoredRoute;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -67,7 +71,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::keys::{DevAddr, Eui64, Key128};
+use crate::keys::Eui64;
 use ranges::RangeSet;
 
 const FORMAT: u32 = 2;
@@ -266,14 +270,6 @@ pub struct Batch {
     kv: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// An OTAA session as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSession {
-    pub dev_addr: DevAddr,
-    pub nwk_s_key: Key128,
-    pub app_s_key: Key128,
-}
-
 fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
     k.extend_from_slice(prefix);
@@ -290,13 +286,6 @@ impl Batch {
     }
     pub fn set_fcnt_down(&mut self, device: &str, next: u32) {
         self.kv.push((prefixed(FCNT_DOWN_PREFIX, device.as_bytes()), next.to_be_bytes().to_vec()));
-    }
-    pub fn set_session(&mut self, device: &str, s: &StoredSession) {
-        let mut v = Vec::with_capacity(36);
-        v.extend_from_slice(&s.dev_addr.0.to_be_bytes());
-        v.extend_from_slice(s.nwk_s_key.expose());
-        v.extend_from_slice(s.app_s_key.expose());
-        self.kv.push((prefixed(SESSION_PREFIX, device.as_bytes()), v));
     }
     pub fn add_dev_nonce(&mut self, dev_eui: Eui64, nonce: u16) {
         let mut rest = dev_eui.0.to_be_bytes().to_vec();
@@ -1660,30 +1649,6 @@ impl Store {
                         u32::from_be_bytes(b),
                     );
                 }
-            }
-            Ok(out)
-        })
-    }
-
-    /// OTAA sessions per device.
-    pub fn sessions(&self) -> Result<HashMap<String, StoredSession>, StoreError> {
-        self.read_state(|tree| {
-            let mut out = HashMap::new();
-            for item in tree.scan_prefix(SESSION_PREFIX) {
-                let (k, v) = item?;
-                let (Some(a), Some(n), Some(s)) = (v.get(0..4), v.get(4..20), v.get(20..36)) else { continue };
-                let (Ok(a), Ok(n), Ok(s)) = (<[u8; 4]>::try_from(a), <[u8; 16]>::try_from(n), <[u8; 16]>::try_from(s))
-                else {
-                    continue;
-                };
-                out.insert(
-                    String::from_utf8_lossy(&k[SESSION_PREFIX.len()..]).into_owned(),
-                    StoredSession {
-                        dev_addr: DevAddr(u32::from_be_bytes(a)),
-                        nwk_s_key: Key128::new(n),
-                        app_s_key: Key128::new(s),
-                    },
-                );
             }
             Ok(out)
         })

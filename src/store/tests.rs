@@ -1,4 +1,5 @@
 use super::*;
+use crate::keys::{DevAddr, Key128};
 
 fn rec(seq: u64) -> Record {
     let pad = "x".repeat(200);
@@ -51,15 +52,18 @@ fn seq_survives_reopen_and_outbox_roundtrips() {
 #[test]
 fn lorawan_state_roundtrips() {
     let dir = tempfile::tempdir().unwrap();
-    let sess = StoredSession {
-        dev_addr: DevAddr(0x0100_0001),
-        nwk_s_key: Key128::new([1; 16]),
-        app_s_key: Key128::new([2; 16]),
+    let sess = crate::lorawan::lifecycle::SessionRecord {
+        current: Some(crate::lorawan::lifecycle::SessionId {
+            dev_addr: DevAddr(0x0100_0001),
+            nwk_s_key: Key128::new([1; 16]),
+            app_s_key: Key128::new([2; 16]),
+        }),
+        retired: Vec::new(),
     };
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         let mut b = Batch::default();
-        b.set_session("pir-01", &sess);
+        b.set_session_record("pir-01", &sess);
         b.set_fcnt_down("pir-01", 7);
         b.add_dev_nonce(Eui64(0x0102030405060708), 0x1234);
         b.add_dev_nonce(Eui64(0x0102030405060708), 0x0001);
@@ -73,7 +77,7 @@ fn lorawan_state_roundtrips() {
         drop(s);
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
-    assert_eq!(s.sessions().unwrap().get("pir-01"), Some(&sess));
+    assert_eq!(s.session_records().unwrap().get("pir-01"), Some(&sess));
     assert_eq!(s.fcnts_down().unwrap().get("pir-01"), Some(&7));
     let mut n = s.dev_nonces().unwrap().remove(&Eui64(0x0102030405060708)).unwrap();
     n.sort();

@@ -60,7 +60,10 @@ pub async fn run(name: String, index: usize, socket: UdpSocket, mut w: Wiring) {
                 }
             },
             Some(d) = w.downlinks.recv() => {
-                let Some(to) = pull_addr.get(&d.gateway).copied() else {
+                // Gateway 0 (a device never heard, sent through the only source that transmits) or
+                // a gateway gone quiet: the one gateway pulling here, if there is exactly one.
+                let only = || (pull_addr.len() == 1).then(|| pull_addr.values().next().copied()).flatten();
+                let Some(to) = pull_addr.get(&d.gateway).copied().or_else(only) else {
                     Counters::inc(&counters.downlinks_failed);
                     tracing::warn!(source = %name, gateway = %d.gateway, device = %d.device, "no PULL_DATA from this gateway yet: downlink dropped");
                     if let Some(f) = d.f_cnt_down {
