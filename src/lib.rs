@@ -21,3 +21,6 @@ pub mod reading;
 pub mod runtime;
 pub mod sim;
 pub mod store;
+
+#[cfg(test)]
+mod test_support;
