@@ -313,7 +313,8 @@ fn main() {
     assert!(ok.success());
 
     // Subscriber: counts readings by (device, FCnt), notes when the last one arrived.
-    let seen: Arc<Mutex<(HashMap<(String, u64), u32>, Option<Instant>)>> = Arc::default();
+    type Seen = (HashMap<(String, u64), u32>, Option<Instant>);
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     {

@@ -75,7 +75,8 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
 
     let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.context("binding the simulator's socket")?);
     // token → (when sent, device, FCnt) of the uplink waiting for its PUSH_ACK.
-    let sent_at: Arc<Mutex<HashMap<u16, (Instant, String, u32)>>> = Arc::default();
+    type Pending = HashMap<u16, (Instant, String, u32)>;
+    let sent_at: Arc<Mutex<Pending>> = Arc::default();
     let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
     let acked_frames: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
     let eui = Eui64(0xaa55_5a00_0000_5151);

@@ -160,7 +160,9 @@ impl Broker {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| {
-                    panic!("DG_TEST_BROKER=mosquitto but mosquitto cannot be started ({e}): apt-get install -y mosquitto")
+                    panic!(
+                        "DG_TEST_BROKER=mosquitto but mosquitto cannot be started ({e}): apt-get install -y mosquitto"
+                    )
                 })
         } else {
             let mut cmd = Command::new(BIN);
