@@ -3,7 +3,11 @@
 //! `cargo bench --bench e2e` (needs `mosquitto` on PATH). Reports, in one run:
 //! - the daemon's RSS at idle with 1,000 devices configured;
 //! - for increasing offered rates: frames acknowledged, readings that reached the broker, loss, and
-//!   the sustained rate through decode + journal + publish (first frame sent → last reading received);
+//!   the sustained rate through decode + journal + publish (first frame sent → last reading received).
+//!   Loss and duplicates are counted by identity: `lost` is the set of (device, FCnt) whose PUSH_DATA
+//!   was acknowledged (`simulate --acked-log`) and whose reading (`device`, `lorawan.f_cnt`) never
+//!   reached the subscriber; `dup` counts readings received more than once for the same (device, FCnt);
+//!   `unacked` counts readings whose PUSH_ACK `simulate` did not see (journaled, ACK lost or late);
 //! - PUSH_ACK latency (datagram in → frames on disk) p50/p99, as `simulate` measured it.
 //!
 //! - bytes written to disk per reading at steady state (the daemon's `write_bytes` in `/proc/PID/io`).
@@ -19,7 +23,7 @@
 //! `BENCH_RUNS=3` repeats the backlog part and prints the medians. Figures are printed as Markdown;
 //! no pass/fail on timing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -240,6 +244,17 @@ fn acked_of(simulate_output: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The (device, FCnt) pairs `simulate --acked-log` wrote: one `DEVICE FCNT` line per PUSH_ACK.
+fn acked_frames(path: &std::path::Path) -> HashSet<(String, u64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| {
+            let (d, f) = l.split_once(' ')?;
+            Some((d.to_string(), f.parse().ok()?))
+        })
+        .collect()
+}
+
 /// The daemon (release binary) on `config`, quiet, given 2 s to come up.
 fn start_daemon(config: &std::path::Path) -> Kill {
     let daemon = Kill(
@@ -297,8 +312,9 @@ fn main() {
         .unwrap();
     assert!(ok.success());
 
-    // Subscriber: counts distinct readings, notes when the last one arrived.
-    let seen: Arc<Mutex<(HashSet<u64>, Option<Instant>)>> = Arc::default();
+    // Subscriber: counts readings by (device, FCnt), notes when the last one arrived.
+    type Seen = (HashMap<(String, u64), u32>, Option<Instant>);
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     {
@@ -320,8 +336,12 @@ fn main() {
                                 (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0);
                             lat.lock().unwrap().push(ms as f64 / 1000.0);
                         }
+                        let id = (
+                            v["device"].as_str().unwrap_or("?").to_string(),
+                            v["lorawan"]["f_cnt"].as_u64().unwrap_or(u64::MAX),
+                        );
                         let mut s = seen.lock().unwrap();
-                        s.0.insert(v["seq"].as_u64().unwrap_or(0));
+                        *s.0.entry(id).or_default() += 1;
                         s.1 = Some(Instant::now());
                     }
                 }
@@ -344,8 +364,9 @@ fn main() {
 
     println!("\n## district-gateway end-to-end benchmark\n");
     println!("daemon RSS at idle with {n_devices} devices configured: {:.1} MiB\n", idle_rss as f64 / 1024.0);
-    println!("| offered/s | sent | acked | received | lost | sustained/s | ack p50 ms | ack p99 ms | to MQTT p50 ms | to MQTT p99 ms | RSS MiB | disk B/reading |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| offered/s | sent | acked | received | lost | dup | unacked | sustained/s | ack p50 ms | ack p99 ms | to MQTT p50 ms | to MQTT p99 ms | RSS MiB | disk B/reading |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let acked_log = dir.path().join("acked.log");
     let mut fcnt = 0u32;
     let seconds = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     for rate in [1000.0, 2000.0, 5000.0, 10000.0, 20000.0] {
@@ -361,6 +382,8 @@ fn main() {
             .args(["simulate", "--gwmp", &format!("127.0.0.1:{gw_port}"), "--devices"])
             .arg(&devices)
             .args(["--rate", &rate.to_string(), "--seconds", &seconds.to_string(), "--fcnt-start", &fcnt.to_string()])
+            .arg("--acked-log")
+            .arg(&acked_log)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -373,16 +396,27 @@ fn main() {
                 .unwrap_or(0.0)
         };
         let sent = num("sent ");
-        let acked = acked_of(&text);
+        let acked_ids = acked_frames(&acked_log);
+        let acked = acked_ids.len() as f64;
+        if acked != acked_of(&text) {
+            eprintln!("note: simulate acknowledged {} frames but logged {acked} distinct ones", acked_of(&text));
+        }
         // Wait for the broker to receive everything that was acknowledged (bounded).
         let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline && (seen.lock().unwrap().0.len() as f64) < acked {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let (received, last) = {
+        let missing = || {
             let s = seen.lock().unwrap();
-            (s.0.len() as f64, s.1)
+            acked_ids.iter().filter(|id| !s.0.contains_key(*id)).count()
         };
+        while Instant::now() < deadline && missing() > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (received, dup, unacked, last) = {
+            let s = seen.lock().unwrap();
+            let dup: u32 = s.0.values().map(|n| n - 1).sum();
+            let unacked = s.0.keys().filter(|id| !acked_ids.contains(*id)).count();
+            (s.0.len() as f64, dup, unacked, s.1)
+        };
+        let lost = missing();
         let span = last.map(|l| l.duration_since(start).as_secs_f64()).unwrap_or(f64::NAN);
         // Bytes written by the daemon from the first frame until everything was published (the
         // acknowledgements that free the log are part of steady state).
@@ -397,8 +431,7 @@ fn main() {
             (p(0.5), p(0.99))
         };
         println!(
-            "| {rate:.0} | {sent:.0} | {acked:.0} | {received:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {l50:.1} | {l99:.1} | {:.1} | {:.0} |",
-            (acked - received).max(0.0),
+            "| {rate:.0} | {sent:.0} | {acked:.0} | {received:.0} | {lost} | {dup} | {unacked} | {:.0} | {:.2} | {:.2} | {l50:.1} | {l99:.1} | {:.1} | {:.0} |",
             received / span,
             num("p50 "),
             num("p99 "),

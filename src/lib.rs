@@ -22,3 +22,8 @@ pub mod reading;
 pub mod runtime;
 pub mod sim;
 pub mod store;
+#[doc(hidden)]
+pub mod test_hooks;
+
+#[cfg(test)]
+mod test_support;

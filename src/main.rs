@@ -64,6 +64,9 @@ enum Command {
         /// First frame counter of every device.
         #[arg(long, default_value_t = 0)]
         fcnt_start: u32,
+        /// Also write `DEVICE FCNT`, one line per uplink acknowledged (PUSH_ACK), to FILE (benchmarks).
+        #[arg(long, value_name = "FILE")]
+        acked_log: Option<PathBuf>,
         /// Instead of sending: write N generated ABP devices to the devices file and exit.
         #[arg(long, value_name = "N")]
         make_devices: Option<u32>,
@@ -117,7 +120,7 @@ fn main() -> ExitCode {
             ops::logging::init(&cfg.gateway.log_level);
             block_on(ops::supervisor::run(config, cfg))
         }
-        Command::Simulate { gwmp, devices, rate, seconds, fcnt_start, make_devices, profile } => {
+        Command::Simulate { gwmp, devices, rate, seconds, fcnt_start, acked_log, make_devices, profile } => {
             use district_gateway::sim::simulate;
             if let Some(n) = make_devices {
                 return match simulate::make_devices(&devices, n, &profile) {
@@ -144,6 +147,10 @@ fn main() -> ExitCode {
                     r.ack_p50_us as f64 / 1000.0,
                     r.ack_p99_us as f64 / 1000.0
                 );
+                if let Some(path) = acked_log {
+                    let lines: String = r.acked_frames.iter().map(|(d, f)| format!("{d} {f}\n")).collect();
+                    std::fs::write(&path, lines).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+                }
                 Ok(())
             })
         }

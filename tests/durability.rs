@@ -298,18 +298,18 @@ fn a_minute_of_broker_outage_loses_nothing_and_live_readings_are_not_queued_behi
     assert!(readings.iter().filter(|r| r["replayed"] == true).count() >= backlog - 50);
 }
 
-/// Mounts a tmpfs of `size` on a new directory; None (with the reason printed) if not permitted.
+/// Mounts a tmpfs of `size` on a new directory; the reason when that is not possible (not root, no `mount`).
 struct Tmpfs(PathBuf);
 impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
         let dir = std::env::temp_dir().join(format!("dg-tmpfs-{}-{}", std::process::id(), size));
-        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&dir).status();
         match st {
-            Ok(s) if s.success() => Some(Tmpfs(dir)),
+            Ok(s) if s.success() => Ok(Tmpfs(dir)),
             other => {
-                eprintln!("SKIPPED: cannot mount a tmpfs ({other:?}); the full-disk test needs root");
-                None
+                let _ = std::fs::remove_dir(&dir);
+                Err(format!("`mount -t tmpfs` failed: {other:?}"))
             }
         }
     }
@@ -323,7 +323,13 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_applies_the_policy_counts_exactly_and_recovers() {
-    let Some(fs) = Tmpfs::mount("4m") else { return };
+    let fs = Tmpfs::mount("4m");
+    let why = fs.as_ref().err().cloned().unwrap_or_default();
+    let what = format!("a 4 MiB tmpfs for the full disk ({why})");
+    if !require(&what, "run the tests as root, with `mount` on PATH (apt-get install -y mount)", fs.is_ok()) {
+        return;
+    }
+    let fs = fs.unwrap();
     let mut broker = Broker::start();
     let sub = Subscriber::start(broker.port, "city/dur-full/#");
     let mut devs = devices("f", 10);

@@ -4,7 +4,7 @@
 //! make no request to anything but its own origin, and a screenshot goes to `target/status-page.png`.
 //!
 //! Without `chromium` on PATH the test prints a skip message and passes, unless `CI` is set: then it fails
-//! (CI installs it: `apt-get install -y chromium`).
+//! (CI installs it: `apt-get install -y chromium`). See `common::require`.
 
 mod common;
 
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, free_udp_port, wait_until, Broker, Forwarder, BIN};
+use common::{free_port, free_udp_port, on_path, require, wait_until, Broker, Forwarder, BIN};
 use district_gateway::sim::{payloads, SimDevice};
 
 struct Kill(Child);
@@ -26,16 +26,7 @@ impl Drop for Kill {
 }
 
 fn find_chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    for name in ["chromium", "chromium-browser"] {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    None
+    on_path("chromium").or_else(|| on_path("chromium-browser"))
 }
 
 /// A plain HTTP/1.1 GET on loopback; the body, or None.
@@ -132,13 +123,11 @@ fn net_log_requests(path: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn status_page_in_headless_chromium() {
-    let Some(chromium_bin) = find_chromium() else {
-        if std::env::var_os("CI").is_some() {
-            panic!("chromium is not installed, and CI is set: install it (apt-get install -y chromium)");
-        }
-        eprintln!("SKIPPED status_page_in_headless_chromium: chromium is not on PATH (apt-get install -y chromium)");
+    let chromium_bin = find_chromium();
+    if !require("chromium (or chromium-browser) on PATH", "apt-get install -y chromium", chromium_bin.is_some()) {
         return;
-    };
+    }
+    let chromium_bin = chromium_bin.unwrap();
 
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();

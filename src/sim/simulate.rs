@@ -39,6 +39,8 @@ pub struct SimulateReport {
     pub elapsed: Duration,
     pub ack_p50_us: u64,
     pub ack_p99_us: u64,
+    /// (device, FCnt) of every uplink acknowledged (PUSH_ACK), in the order the ACKs came.
+    pub acked_frames: Vec<(String, u32)>,
 }
 
 /// Writes a devices file with `n` ABP devices of the given profile (for benchmarks).
@@ -72,20 +74,25 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
 
     let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.context("binding the simulator's socket")?);
-    let sent_at: Arc<Mutex<HashMap<u16, Instant>>> = Arc::default();
+    // token → (when sent, device, FCnt) of the uplink waiting for its PUSH_ACK.
+    type Pending = HashMap<u16, (Instant, String, u32)>;
+    let sent_at: Arc<Mutex<Pending>> = Arc::default();
     let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let acked_frames: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
     let eui = Eui64(0xaa55_5a00_0000_5151);
     let (accepts_tx, mut accepts) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let receiver = {
-        let (socket, sent_at, latencies) = (socket.clone(), sent_at.clone(), latencies.clone());
+        let (socket, sent_at, latencies, acked_frames) =
+            (socket.clone(), sent_at.clone(), latencies.clone(), acked_frames.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((n, from)) = socket.recv_from(&mut buf).await {
                 let Some(d) = buf.get(..n) else { continue };
                 match packet::parse(d) {
                     Ok(Packet::PushAck { token, .. }) => {
-                        if let Some(t) = sent_at.lock().await.remove(&u16::from_le_bytes(token)) {
+                        if let Some((t, device, f_cnt)) = sent_at.lock().await.remove(&u16::from_le_bytes(token)) {
                             latencies.lock().await.push(t.elapsed().as_micros() as u64);
+                            acked_frames.lock().await.push((device, f_cnt));
                         }
                     }
                     Ok(Packet::PullResp { token, json, .. }) => {
@@ -170,6 +177,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
             let d = &mut devices[i];
             let (port, payload) = payloads::for_profile(&d.profile, d.f_cnt);
             d.f_port = port;
+            let f_cnt = d.f_cnt;
             let phy = d.uplink(&payload);
             token = token.wrapping_add(1);
             let rx = RxPkOut {
@@ -181,7 +189,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
                 lsnr: 9.5 - (i % 20) as f64,
                 data: phy,
             };
-            sent_at.lock().await.insert(token, Instant::now());
+            sent_at.lock().await.insert(token, (Instant::now(), d.name.clone(), f_cnt));
             socket.send_to(&build_push_data(2, token.to_le_bytes(), eui, &[rx]), args.gwmp).await?;
             sent += 1;
         }
@@ -198,5 +206,13 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
     let mut l = latencies.lock().await.clone();
     l.sort_unstable();
     let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0);
-    Ok(SimulateReport { sent, acked: l.len() as u64, elapsed, ack_p50_us: pct(0.50), ack_p99_us: pct(0.99) })
+    let acked_frames = std::mem::take(&mut *acked_frames.lock().await);
+    Ok(SimulateReport {
+        sent,
+        acked: l.len() as u64,
+        elapsed,
+        ack_p50_us: pct(0.50),
+        ack_p99_us: pct(0.99),
+        acked_frames,
+    })
 }

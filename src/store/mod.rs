@@ -1218,6 +1218,9 @@ impl Store {
             }
         };
         // fsync outside the lock: the pipeline keeps committing and the uplink keeps reading.
+        if !files.is_empty() {
+            crate::test_hooks::before_fsync();
+        }
         for (_, f) in &files {
             f.sync_data().map_err(io_err("syncing the outbox log"))?;
         }

@@ -51,6 +51,46 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+// ---------------------------------------------------------------------------------------------- requirements
+
+/// Whether tests must not skip: `CI` is set (`.ci/run` sets `CI=1`) to anything but `""`, `0` or `false`.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// The one way a test meets something it needs and does not find (a tool, a module, a permission):
+/// under CI ([`ci`]) the test FAILS, saying what is missing and how to install it; elsewhere it
+/// prints a `SKIPPED` line and the caller returns. Usage:
+/// `if !require("chromium", "apt-get install -y chromium", find_chromium().is_some()) { return; }`
+#[track_caller]
+pub fn require(what: &str, install_hint: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("this test").to_string();
+    if ci() {
+        panic!("{test}: {what} is missing, and CI is set, so the test fails instead of skipping: {install_hint}");
+    }
+    eprintln!("SKIPPED {test}: {what} is missing ({install_hint}; with CI=1 this fails)");
+    false
+}
+
+/// The executable `name` on PATH, if any.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// Whether `python3 -c "import MODULE"` works.
+pub fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 // ---------------------------------------------------------------------------------------------- broker
 
 pub struct Broker {
@@ -119,7 +159,11 @@ impl Broker {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("DG_TEST_BROKER=mosquitto but the mosquitto binary cannot be started")
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "DG_TEST_BROKER=mosquitto but mosquitto cannot be started ({e}): apt-get install -y mosquitto"
+                    )
+                })
         } else {
             let mut cmd = Command::new(BIN);
             cmd.args(["broker", "--bind", &format!("127.0.0.1:{}", self.port)]);

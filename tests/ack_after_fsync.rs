@@ -1,0 +1,140 @@
+//! PUSH_ACK waits for the journal's fsync (README "Durability": an acknowledged frame is on disk).
+//!
+//! The SIGKILL tests cannot show this: a killed process leaves its writes in the page cache, so they
+//! pass even if the ACK went out before the fsync. Here the daemon runs in-process and the test holds
+//! every journal fsync back (`test_hooks::set_before_fsync`, called by the store just before it
+//! fsyncs). A PUSH_DATA sent over a real UDP socket is then committed (the outbox's highest seq moves)
+//! and its fsync requested, but no fsync can complete: a PUSH_ACK arriving now was sent before the
+//! frame was durable, and the test fails. Released, the fsync happens (`StoreStats::fsyncs` moves) and
+//! only then the ACK comes. No timing assertion can fail a correct daemon: while the fsync is held it
+//! cannot acknowledge at all; the 1.5 s look for a premature ACK only bounds how long a broken one
+//! gets to show itself (it acknowledges right after the commit, before the test even looks).
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{config_text, free_port, free_udp_port, wait_until, Forwarder};
+use district_gateway::io::gwmp::packet::build_push_data;
+use district_gateway::keys::Eui64;
+use district_gateway::runtime::Daemon;
+use district_gateway::sim::SimDevice;
+
+/// Holds every journal fsync back while `hold` is set; counts the fsyncs it held.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    hold: bool,
+    /// fsyncs that reached the gate while it held.
+    reached: u64,
+}
+
+impl Gate {
+    fn before_fsync(&self) {
+        let mut st = self.state.lock().unwrap();
+        if !st.hold {
+            return;
+        }
+        st.reached += 1;
+        self.cv.notify_all();
+        while st.hold {
+            st = self.cv.wait(st).unwrap();
+        }
+    }
+
+    fn set_hold(&self, hold: bool) {
+        let mut st = self.state.lock().unwrap();
+        st.hold = hold;
+        st.reached = 0;
+        self.cv.notify_all();
+    }
+
+    fn reached(&self) -> u64 {
+        self.state.lock().unwrap().reached
+    }
+}
+
+/// Sends one PUSH_DATA with `token`.
+fn push(socket: &UdpSocket, to: SocketAddr, token: u16, phy: Vec<u8>) {
+    let d = build_push_data(2, token.to_le_bytes(), Eui64(0xaa555a0000000001), &[Forwarder::rxpk(phy)]);
+    socket.send_to(&d, to).unwrap();
+}
+
+/// Waits up to `limit` for the PUSH_ACK with `token`; other datagrams are ignored.
+fn ack_within(socket: &UdpSocket, token: u16, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    let mut buf = [0u8; 64];
+    while Instant::now() < end {
+        match socket.recv_from(&mut buf) {
+            Ok((4, _)) if buf[3] == 1 && buf[1..3] == token.to_le_bytes() => return true,
+            _ => continue,
+        }
+    }
+    false
+}
+
+#[test]
+fn push_ack_is_sent_only_after_the_journal_fsync() {
+    let gate = Arc::new(Gate::default());
+    let g = gate.clone();
+    district_gateway::test_hooks::set_before_fsync(Some(Arc::new(move || g.before_fsync())));
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = SimDevice::numbered("fsync", 1, "raw");
+    // No broker listens there: the uplink keeps retrying, which journals nothing.
+    let broker = format!("mqtt://127.0.0.1:{}", free_port());
+    let text = config_text("ack-fsync", &dir.path().join("data"), &broker, free_udp_port(), std::slice::from_ref(&dev));
+    let cfg = district_gateway::config::parse_str(&text, "gateway.toml", dir.path()).unwrap();
+    let daemon = rt.block_on(Daemon::start(&cfg)).unwrap();
+    let gwmp = daemon.gwmp_addrs[0];
+    let store = daemon.store.clone();
+
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+
+    // Warm-up with the gate open: the path works and acknowledges.
+    push(&socket, gwmp, 1, dev.uplink(b"warm-up"));
+    assert!(ack_within(&socket, 1, Duration::from_secs(10)), "no PUSH_ACK for the warm-up frame");
+
+    // Hold every fsync, then send the frame under test.
+    gate.set_hold(true);
+    let fsyncs_before = store.stats().fsyncs.load(Ordering::SeqCst);
+    let committed_before = store.max_committed();
+    push(&socket, gwmp, 2, dev.uplink(b"must be on disk before the ACK"));
+
+    // 1. The frame is committed and its fsync requested (and held).
+    let committed = wait_until(Duration::from_secs(20), || store.max_committed() > committed_before);
+    let requested = wait_until(Duration::from_secs(20), || gate.reached() > 0);
+    if !(committed && requested) {
+        gate.set_hold(false);
+        panic!("the frame was not committed ({committed}) or no fsync was requested ({requested})");
+    }
+    // 2. No PUSH_ACK while the fsync is held back.
+    let early = ack_within(&socket, 2, Duration::from_millis(1500));
+    let fsyncs_held = store.stats().fsyncs.load(Ordering::SeqCst);
+    gate.set_hold(false);
+    assert_eq!(fsyncs_held, fsyncs_before, "an fsync completed although the gate held it");
+    assert!(
+        !early,
+        "PUSH_ACK arrived for a frame that was committed but not yet fsynced (the test held the fsync): \
+         the pipeline acknowledges before the journal is durable"
+    );
+    // 3. Released: the fsync completes and then the ACK comes.
+    assert!(ack_within(&socket, 2, Duration::from_secs(20)), "no PUSH_ACK after the fsync was released");
+    assert!(
+        store.stats().fsyncs.load(Ordering::SeqCst) > fsyncs_before,
+        "PUSH_ACK without an fsync after the frame's commit"
+    );
+
+    district_gateway::test_hooks::set_before_fsync(None);
+    rt.block_on(daemon.stop());
+}
