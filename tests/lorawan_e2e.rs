@@ -93,6 +93,17 @@ fn config_text(dir: &std::path::Path, broker_port: u16, extra_devices: &str) -> 
     )
 }
 
+/// Extra config sections for the lifecycle test: the test command key and a second packet forwarder
+/// source (with two sources that can transmit, a class C device is reachable only through the route
+/// remembered for it).
+fn lifecycle_sections() -> String {
+    format!(
+        "[[ops.key]]\nid = \"ops-1\"\ned25519_public = \"{}\"\n[[source]]\ntype = \"gwmp\"\nname = \"fwd-b\"\nbind = \"127.0.0.1:{}\"\n",
+        common::signed::public_key_b64(),
+        common::free_udp_port()
+    )
+}
+
 async fn start(dir: &std::path::Path, broker_port: u16, extra: &str) -> Daemon {
     let cfg = config::parse_str(&config_text(dir, broker_port, extra), "ns.toml", dir).unwrap();
     Daemon::start(&cfg).await.unwrap()
@@ -272,5 +283,161 @@ async fn a_confirmed_downlink_is_retried_then_reported_failed_and_an_ack_clears_
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(failed(), 1, "the acknowledged downlink is not reported failed");
     let _ = DevAddr(0);
+    daemon.stop().await;
+}
+
+/// Issue 15's three black-box cases end to end: UDP in, MQTT out, signed commands on `cmd/req`, the
+/// daemon stopped and started again on the same data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_rejoin_restart_and_class_c_routes_survive_the_life_of_an_installation() {
+    use common::signed::{assert_ok, assert_refused, Ops};
+    use serde_json::json;
+    let broker = common::Broker::start();
+    let port = broker.port;
+    let sub = tokio::task::spawn_blocking(move || common::Subscriber::start(port, "city/ns-01/#")).await.unwrap();
+    let ops = Ops::new(port, "ns-01", &sub);
+    let logs = || String::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut lamp, lamp_toml) = lamp(true);
+    let (never, mut never_toml) = (SimDevice::numbered("lamp", 8, "lamp-generic"), String::new());
+    never_toml.push_str(&never.config_toml());
+    never_toml.push_str("class = \"C\"\n");
+    let extra = format!("{}{lamp_toml}{never_toml}", lifecycle_sections());
+    let daemon = start(dir.path(), port, &extra).await;
+    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0]).await;
+    tokio::task::block_in_place(|| ops.wait_ready(&logs));
+    let (nwk, app) = (lamp.nwk_s_key, lamp.app_s_key);
+    let is_ack = move |phy: &[u8]| open_downlink(phy, &nwk, &app).is_ok_and(|d| d.ack);
+    let confirmed = |lamp: &mut SimDevice| {
+        let phy = build_uplink(&UplinkSpec {
+            dev_addr: lamp.dev_addr,
+            nwk_s_key: &lamp.nwk_s_key,
+            app_s_key: &lamp.app_s_key,
+            f_cnt: lamp.f_cnt,
+            f_port: Some(10),
+            payload: &[1],
+            confirmed: true,
+            ack: false,
+            adr: false,
+            fopts: &[],
+        });
+        lamp.f_cnt += 1;
+        phy
+    };
+
+    // 1. Confirmed uplinks answered with ACKs on FCntDown 0, 1, 2; then device.upsert with the same keys.
+    let mut sent = Vec::new();
+    for i in 0..3u32 {
+        let phy = confirmed(&mut lamp);
+        sent.push(phy.clone());
+        fwd.push(phy, 10_000_000 * (i + 1)).await;
+        let (txpk, _) = fwd.txpk_where(Duration::from_secs(3), is_ack).await.expect("an ACK");
+        assert_eq!(open_downlink(&data_of(&txpk), &nwk, &app).unwrap().f_cnt_down, i);
+    }
+    let upsert = json!({"name": lamp.name, "profile": "raw", "class": "C", "dev_addr": lamp.dev_addr.to_string(),
+        "nwk_s_key": hex::encode(nwk.expose()), "app_s_key": hex::encode(app.expose())});
+    let up = tokio::task::block_in_place(|| assert_ok(&ops.call("device.upsert", upsert, &logs), "device.upsert"));
+    assert_eq!((up["persisted"].as_bool(), up["downlinks_dropped"].as_u64()), (Some(true), Some(0)), "{up}");
+    // The uplink sent before the upsert, sent again (after the de-duplication window): refused.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    fwd.push(sent[1].clone(), 45_000_000).await;
+    assert!(fwd.txpk_where(Duration::from_millis(1500), is_ack).await.is_none(), "a replay is never answered");
+    fwd.push(confirmed(&mut lamp), 50_000_000).await;
+    let (txpk, _) = fwd.txpk_where(Duration::from_secs(3), is_ack).await.expect("an ACK after the upsert");
+    assert_eq!(
+        open_downlink(&data_of(&txpk), &nwk, &app).unwrap().f_cnt_down,
+        3,
+        "FCntDown continues: no keystream reuse"
+    );
+    assert!(common::wait_until(Duration::from_secs(10), || common::by_frame(&sub.readings())
+        .contains_key(&(lamp.name.clone(), 3))));
+    assert_eq!(
+        common::by_frame(&sub.readings()).get(&(lamp.name.clone(), 1)).map(Vec::len),
+        Some(1),
+        "the replay became a reading"
+    );
+    // A js: codec that does not load is refused before anything changes.
+    let bad = json!({"name": "bad-codec", "profile": "js:/nonexistent/codec.js", "dev_addr": "26011234",
+        "nwk_s_key": "00112233445566778899aabbccddeeff", "app_s_key": "00112233445566778899aabbccddeeff"});
+    tokio::task::block_in_place(|| assert_refused(&ops.call("device.upsert", bad, &logs), "invalid_args"));
+
+    // 2. An OTAA device joins, sends, joins again; the gateway restarts before the first uplink of the
+    //    new session, which must be accepted (FCnt 0).
+    let app_key = Key128::new(APP_KEY);
+    let join = |nonce: u16| build_join_request(JOIN_EUI, DEV_EUI, &app_key, nonce);
+    let is_accept = |p: &[u8]| p.first().is_some_and(|m| m >> 5 == 1);
+    fwd.push(join(0x0101), 60_000_000).await;
+    let (txpk, _) = fwd.txpk_where(Duration::from_secs(3), is_accept).await.expect("join accept");
+    let s1 = open_join_accept(&data_of(&txpk), &app_key, 0x0101).unwrap();
+    for f_cnt in 0..2 {
+        let up = build_uplink(&UplinkSpec {
+            dev_addr: s1.dev_addr,
+            nwk_s_key: &s1.nwk_s_key,
+            app_s_key: &s1.app_s_key,
+            f_cnt,
+            f_port: Some(2),
+            payload: &[f_cnt as u8],
+            confirmed: false,
+            ack: false,
+            adr: false,
+            fopts: &[],
+        });
+        fwd.push(up, 70_000_000 + f_cnt * 1_000_000).await;
+    }
+    fwd.push(join(0x0102), 80_000_000).await;
+    let (txpk, _) = fwd.txpk_where(Duration::from_secs(3), is_accept).await.expect("second join accept");
+    let s2 = open_join_accept(&data_of(&txpk), &app_key, 0x0102).unwrap();
+    assert_ne!(s1.nwk_s_key, s2.nwk_s_key);
+    daemon.stop().await;
+
+    let daemon = start(dir.path(), port, &extra).await;
+    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0]).await;
+    tokio::task::block_in_place(|| ops.wait_ready(&logs));
+    let up = build_uplink(&UplinkSpec {
+        dev_addr: s2.dev_addr,
+        nwk_s_key: &s2.nwk_s_key,
+        app_s_key: &s2.app_s_key,
+        f_cnt: 0,
+        f_port: Some(2),
+        payload: b"new",
+        confirmed: false,
+        ack: false,
+        adr: false,
+        fopts: &[],
+    });
+    fwd.push(up, 90_000_000).await;
+    let new_session = s2.dev_addr.to_string();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || sub.readings().iter().any(|r| r["device"] == "sensor-otaa"
+            && r["lorawan"]["f_cnt"] == 0
+            && r["lorawan"]["dev_addr"].as_str() == Some(new_session.as_str()))),
+        "FCnt 0 of the new session was refused after the restart"
+    );
+
+    // 3. The lamp, heard before the restart through the first forwarder, gets its command at once,
+    //    without sending anything first; the lamp never heard is listed as waiting for a route.
+    daemon.enqueue_downlink(&lamp.name, 10, &[40], false).await.unwrap();
+    let on_10 = move |p: &[u8]| open_downlink(p, &nwk, &app).is_ok_and(|d| d.f_port == Some(10));
+    let (txpk, _) = fwd.txpk_where(Duration::from_secs(3), on_10).await.expect("class C after a restart");
+    assert_eq!(open_downlink(&data_of(&txpk), &nwk, &app).unwrap().payload, vec![40]);
+    let st = tokio::task::block_in_place(|| assert_ok(&ops.call("status", json!({}), &logs), "status"));
+    let waiting = st["control"]["lorawan"]["waiting_for_route"].as_array().cloned().unwrap_or_default();
+    assert_eq!(waiting.len(), 1, "{st}");
+    assert_eq!(waiting[0]["device"], never.name.as_str());
+    assert!(waiting[0]["reason"].as_str().unwrap().contains("never heard"), "{st}");
+    daemon.stop().await;
+
+    // A remote device that cannot be loaded any more is quarantined at start, never a crash loop.
+    {
+        let store = district_gateway::store::Store::open(&dir.path().join("data").join("store"), 1 << 20).unwrap();
+        store.set_remote_device("broken", Some(br#"{"name": "broken", "profile": "js:/gone.js", "dev_addr": "26019999", "nwk_s_key": "00112233445566778899aabbccddeeff", "app_s_key": "00112233445566778899aabbccddeeff"}"#)).unwrap();
+        store.flush_blocking().unwrap();
+    }
+    let daemon = start(dir.path(), port, &extra).await;
+    tokio::task::block_in_place(|| ops.wait_ready(&logs));
+    let st = tokio::task::block_in_place(|| assert_ok(&ops.call("status", json!({}), &logs), "status"));
+    let q = st["control"]["lorawan"]["quarantined"].as_array().cloned().unwrap_or_default();
+    assert_eq!(q.len(), 1, "{st}");
+    assert_eq!(q[0]["device"], "broken");
     daemon.stop().await;
 }

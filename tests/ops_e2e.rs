@@ -12,39 +12,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use chrono::{TimeDelta, Utc};
 use common::http::http_get;
+use common::signed::*;
 use common::*;
 use district_gateway::sim::SimDevice;
 use ed25519_dalek::{Signer, SigningKey};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-
-/// RFC 8032 section 7.1, TEST 1.
-const TEST1_SECRET: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
-const TEST1_PUBLIC: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
-/// How long an answer on `cmd/res` may take (config.apply with a rollback takes longer; see there).
-const ANSWER: Duration = Duration::from_secs(20);
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn signing_key() -> SigningKey {
-    let seed: [u8; 32] = hex::decode(TEST1_SECRET).unwrap().try_into().unwrap();
-    let key = SigningKey::from_bytes(&seed);
-    assert_eq!(hex::encode(key.verifying_key().to_bytes()), TEST1_PUBLIC, "RFC 8032 TEST 1 key pair");
-    key
-}
-
-fn public_key_b64() -> String {
-    b64(&hex::decode(TEST1_PUBLIC).unwrap())
-}
 
 fn devices(prefix: &str, n: u32) -> Vec<SimDevice> {
     (1..=n).map(|i| SimDevice::numbered(prefix, i, "raw")).collect()
@@ -225,172 +204,6 @@ impl Drop for Gw {
             let _ = c.wait();
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------- commands
-
-/// Publishes one message with QoS 1 and returns once the broker acknowledged it.
-fn publish(port: u16, topic: &str, payload: &[u8]) {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let id = format!("test-pub-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(5));
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut conn) = rumqttc::Client::new(o, 10);
-    client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec()).unwrap();
-    let end = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < end {
-        match conn.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_)))) => {
-                let _ = client.disconnect();
-                for _ in 0..20 {
-                    match conn.recv_timeout(Duration::from_millis(50)) {
-                        Ok(Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) => break,
-                        _ => {}
-                    }
-                }
-                return;
-            }
-            Ok(Err(_)) => std::thread::sleep(Duration::from_millis(50)),
-            _ => {}
-        }
-    }
-    panic!("publishing on {topic}: no PUBACK from the broker");
-}
-
-/// The command JSON bytes.
-fn command_json(
-    id: &str,
-    cmd: &str,
-    args: Value,
-    issued: chrono::DateTime<Utc>,
-    expires: chrono::DateTime<Utc>,
-) -> Vec<u8> {
-    let t = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    json!({"id": id, "cmd": cmd, "args": args, "issued_at": t(issued), "expires_at": t(expires)})
-        .to_string()
-        .into_bytes()
-}
-
-fn envelope(key_id: &str, key: &SigningKey, payload: &[u8]) -> Vec<u8> {
-    let sig = key.sign(payload);
-    json!({"key_id": key_id, "payload": b64(payload), "sig": b64(&sig.to_bytes())}).to_string().into_bytes()
-}
-
-/// The city's side: signs commands, publishes them on `cmd/req` and reads the answers on `cmd/res`.
-struct Ops<'a> {
-    broker_port: u16,
-    gateway: String,
-    sub: &'a Subscriber,
-    key: SigningKey,
-    next: AtomicU32,
-    /// Ids of the readiness pings sent (some may have been lost before the daemon subscribed).
-    ready_ids: std::sync::Mutex<Vec<String>>,
-}
-
-impl<'a> Ops<'a> {
-    fn new(broker_port: u16, gateway: &str, sub: &'a Subscriber) -> Ops<'a> {
-        Ops {
-            broker_port,
-            gateway: gateway.to_string(),
-            sub,
-            key: signing_key(),
-            next: AtomicU32::new(1),
-            ready_ids: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    fn fresh_id(&self, what: &str) -> String {
-        format!("{}-{what}-{}", self.gateway, self.next.fetch_add(1, Ordering::Relaxed))
-    }
-
-    fn send(&self, envelope: &[u8]) {
-        publish(self.broker_port, &format!("city/{}/cmd/req", self.gateway), envelope);
-    }
-
-    /// A correctly signed envelope, valid from 30 s ago for 5 minutes.
-    fn signed(&self, id: &str, cmd: &str, args: Value) -> Vec<u8> {
-        let now = Utc::now();
-        envelope(
-            "ops-1",
-            &self.key,
-            &command_json(id, cmd, args, now - TimeDelta::seconds(30), now + TimeDelta::minutes(5)),
-        )
-    }
-
-    /// Every answer on `cmd/res` so far (duplicates included: delivery is at least once).
-    fn answers(&self) -> Vec<Value> {
-        self.sub.on_topic("/cmd/res").into_iter().map(|m| m.json).collect()
-    }
-
-    fn try_answer(&self, id: &str) -> Option<Value> {
-        self.answers().into_iter().find(|a| a["id"] == id)
-    }
-
-    fn answer_within(&self, id: &str, limit: Duration, logs: &dyn Fn() -> String) -> Value {
-        let mut found = None;
-        wait_until(limit, || {
-            found = self.try_answer(id);
-            found.is_some()
-        });
-        found.unwrap_or_else(|| {
-            panic!("no answer to command {id} on cmd/res; answers: {:?}\nlog:\n{}", self.answers(), logs())
-        })
-    }
-
-    /// Sends a correctly signed command and returns its answer.
-    fn call(&self, cmd: &str, args: Value, logs: &dyn Fn() -> String) -> Value {
-        let id = self.fresh_id(cmd);
-        self.send(&self.signed(&id, cmd, args));
-        self.answer_within(&id, ANSWER, logs)
-    }
-
-    /// Waits until the daemon answers commands: pings until one is answered (the daemon subscribes to
-    /// `cmd/req` after it connected; a command published before that is not delivered to it).
-    fn wait_ready(&self, logs: &dyn Fn() -> String) {
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            let id = self.fresh_id("ready");
-            self.ready_ids.lock().unwrap().push(id.clone());
-            self.send(&self.signed(&id, "ping", json!({})));
-            let answered = wait_until(Duration::from_secs(1), || {
-                let ids = self.ready_ids.lock().unwrap();
-                self.answers().iter().any(|a| a["id"].as_str().is_some_and(|i| ids.iter().any(|r| r == i)))
-            });
-            if answered {
-                return;
-            }
-        }
-        panic!("the daemon never answered a ping; log:\n{}", logs());
-    }
-
-    /// How many distinct readiness pings were answered (each one was executed once, as `ok`).
-    fn ready_answered(&self) -> usize {
-        let ids = self.ready_ids.lock().unwrap();
-        let mut answered: Vec<String> = self
-            .answers()
-            .iter()
-            .filter_map(|a| a["id"].as_str().map(str::to_string))
-            .filter(|i| ids.contains(i))
-            .collect();
-        answered.sort();
-        answered.dedup();
-        answered.len()
-    }
-}
-
-fn assert_ok(answer: &Value, id_hint: &str) -> Value {
-    assert_eq!(answer["ok"], true, "{id_hint}: expected ok, got {answer}");
-    assert!(answer.get("error").is_none(), "{id_hint}: {answer}");
-    assert!(answer["result"].is_object(), "{id_hint}: result must be an object: {answer}");
-    answer["result"].clone()
-}
-
-fn assert_refused(answer: &Value, code: &str) {
-    assert_eq!(answer["ok"], false, "expected {code}, got {answer}");
-    assert_eq!(answer["error"]["code"], code, "{answer}");
-    assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
-    assert!(answer.get("result").is_none(), "{answer}");
 }
 
 // ---------------------------------------------------------------------------------------------- traffic
