@@ -354,8 +354,9 @@ fn with_remote_devices(config: &Config, store: &Store) -> anyhow::Result<(Config
         if json.is_empty() {
             continue; // removed remotely
         }
+        // Only the position of a JSON error: serde's messages can quote values, and this JSON holds keys.
         let parsed = serde_json::from_slice::<crate::config::DeviceConfig>(&json)
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("stored device unreadable (line {}, column {})", e.line(), e.column()))
             .and_then(|d| crate::config::check_device(&d).map(|()| d));
         match parsed {
             Ok(d) => c.device.push(d),
@@ -577,9 +578,19 @@ fn build_network_server(
     let startup = crate::ns_store::restore(&mut ns, store, devices, &sources)?;
     ns.set_default_route(default_route(config));
     crate::ns_store::commit_restore(store, startup, &sources)?;
+    let mut events = Batch::default();
     for q in &quarantined {
         tracing::error!(device = %q.device, reason = %q.reason,
             "a remotely added device cannot be loaded: quarantined (kept in the store, not used); send a corrected device.upsert or device.remove");
+        let seq = store.allocate_seq();
+        let payload = serde_json::json!({"seq": seq, "device": q.device, "at": rfc3339(crate::clock::now()),
+            "event": "device_quarantined", "reason": q.reason});
+        events.push_record(Record::new(seq, format!("event/{}", q.device), payload.to_string().into_bytes()));
+    }
+    if !events.is_empty() {
+        // Before any task runs: the pipeline is not writing yet.
+        store.commit(events)?;
+        store.flush_blocking()?;
     }
     tracing::info!(devices = ns.device_count(), sessions = ns.session_count(), "LoRaWAN network server ready");
     Ok((ns, quarantined))

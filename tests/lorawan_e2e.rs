@@ -439,5 +439,14 @@ async fn upsert_rejoin_restart_and_class_c_routes_survive_the_life_of_an_install
     let q = st["control"]["lorawan"]["quarantined"].as_array().cloned().unwrap_or_default();
     assert_eq!(q.len(), 1, "{st}");
     assert_eq!(q[0]["device"], "broken");
+    let events = sub.on_topic("/event/broken");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || sub
+            .on_topic("/event/broken")
+            .iter()
+            .any(|m| m.json["event"] == "device_quarantined")),
+        "no device_quarantined event: {}",
+        events.len()
+    );
     daemon.stop().await;
 }

@@ -610,6 +610,17 @@ mod tests {
     }
 
     #[test]
+    fn devices_waiting_for_a_route_and_quarantined_devices_are_listed_with_why() {
+        let mut v = sample();
+        assert!(!render(&v).contains("device-problems"), "nothing to show, no section");
+        v.control["lorawan"] = json!({"waiting_for_route": [{"device": "lamp-9", "reason": "never heard <since>"}],
+            "quarantined": [{"device": "bin-3", "reason": "codec gone"}]});
+        let html = render(&v);
+        assert!(html.contains("device-problems") && html.contains("lamp-9") && html.contains("bin-3"));
+        assert!(html.contains("never heard &lt;since&gt;") && html.contains("quarantined"));
+    }
+
+    #[test]
     fn renders_everything_a_technician_needs() {
         let html = render(&sample());
         assert!(html.starts_with("<!DOCTYPE html>"));
