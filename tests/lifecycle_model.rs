@@ -255,7 +255,7 @@ impl World {
             return false;
         }
         let current = if name == ABP { Some(abp_keys(self.model.abp_key)) } else { self.model.otaa_session };
-        if current.map(|(n, a)| (n, a)) != Some(*keys) {
+        if current != Some(*keys) {
             return false;
         }
         match self.model.accepted_max.get(keys.0.expose()) {

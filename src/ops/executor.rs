@@ -201,16 +201,9 @@ async fn device_upsert(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Value
         ),
         None => None,
     };
-    let (reply, done) = oneshot::channel();
     let name = dev.name.clone();
-    ctx.control
-        .send(Control::UpsertDevice { device: Box::new(dev.clone()), decoder, reply })
-        .await
-        .map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?;
-    let change = done
-        .await
-        .map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?
-        .map_err(|e| cmd.refuse(RefusalCode::NotPersisted, e))?;
+    let device = Box::new(dev.clone());
+    let change = device_change(ctx, cmd, |reply| Control::UpsertDevice { device, decoder, reply }).await?;
     ctx.config.device.retain(|d| d.name != name);
     ctx.config.device.push(dev);
     let kind = match activation {
@@ -230,15 +223,21 @@ async fn device_remove(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Value
     if !ctx.config.device.iter().any(|d| d.name == name) {
         return Err(cmd.refuse(RefusalCode::InvalidArgs, format!("no device named {name:?}")));
     }
-    let (reply, done) = oneshot::channel();
-    ctx.control
-        .send(Control::RemoveDevice { device: name.clone(), reply })
-        .await
-        .map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?;
-    let change = done
-        .await
-        .map_err(|_| cmd.refuse(RefusalCode::Internal, "the daemon is stopping"))?
-        .map_err(|e| cmd.refuse(RefusalCode::NotPersisted, e))?;
+    let device = name.clone();
+    let change = device_change(ctx, cmd, |reply| Control::RemoveDevice { device, reply }).await?;
     ctx.config.device.retain(|d| d.name != name);
     Ok(json!({"device": name, "removed": true, "downlinks_dropped": change.downlinks_dropped}))
+}
+
+/// Hands a device change to the pipeline and waits until it is applied and persisted (all or
+/// nothing: `not_persisted` when the journal write failed).
+async fn device_change(
+    ctx: &ExecutorContext,
+    cmd: &Command,
+    control: impl FnOnce(oneshot::Sender<Result<crate::runtime::DeviceChange, String>>) -> Control,
+) -> Result<crate::runtime::DeviceChange, Refusal> {
+    let stopping = || cmd.refuse(RefusalCode::Internal, "the daemon is stopping");
+    let (reply, done) = oneshot::channel();
+    ctx.control.send(control(reply)).await.map_err(|_| stopping())?;
+    done.await.map_err(|_| stopping())?.map_err(|e| cmd.refuse(RefusalCode::NotPersisted, e))
 }
