@@ -39,6 +39,12 @@
 //! # Guarantees
 //! - Durability: [`Store::commit`] writes the entry to the log (page cache: survives kill -9);
 //!   [`Store::flush`] makes it survive a power cut. The caller flushes before it acknowledges anything.
+//! - Readers see only durable records: the uplink-visible watermark ([`Store::max_committed`]) moves
+//!   in [`Store::flush`] after the fsync, never in `commit`, and every read path
+//!   ([`Store::read_range`], [`Store::read_from`], [`Store::outbox_snapshot`]) stops at it. A record
+//!   published before its fsync could be lost to a power cut and its `seq` handed out again (the city
+//!   de-duplicates on (gateway, seq) and would drop the new reading). At open, the segments found are
+//!   fsynced before they count as durable (a kill -9 leaves them in the page cache only).
 //! - `seq` is never reused: every seq ever committed is either in a log segment or below the
 //!   `seq.floor` file, which is written (and synced) before any segment is deleted or rewritten.
 //! - Bound: the log's files never exceed `max_bytes` (plus one entry); when they would, the policy
@@ -521,6 +527,8 @@ struct State {
     topic_last: HashMap<String, u64>,
     /// The highest seq in the log (single writer: every seq below it that will ever be committed is).
     max_committed: u64,
+    /// The highest seq in the log that is fsynced (durable): what readers may see.
+    durable_seq: u64,
     episode: Option<Episode>,
     total_bytes: u64,
     /// Positions where reads stopped: (segment, offset, first seq at that offset).
@@ -535,8 +543,8 @@ struct Inner {
     dir: PathBuf,
     opts: StoreOptions,
     next_seq: AtomicU64,
-    /// `State::max_committed`, readable without the lock: the uplink polls it after every PUBACK.
-    max_committed: AtomicU64,
+    /// `State::durable_seq`, readable without the lock: the uplink polls it after every PUBACK.
+    durable_seq: AtomicU64,
     stats: StoreStats,
     state: Mutex<State>,
     last_flush: Mutex<Option<Instant>>,
@@ -832,6 +840,9 @@ impl Store {
                 }
                 max_lsn = max_lsn.max(e.lsn);
             }
+            // What a previous run wrote may still be only in the page cache (it was killed before its
+            // flush): make it durable before readers may see it (they see everything found here).
+            file.sync_data().map_err(io_err(format!("syncing {}", path.display())))?;
             entries_by_seg.push((*id, file, off, entries));
         }
 
@@ -886,6 +897,7 @@ impl Store {
             last_sled_apply: Instant::now(),
             topic_last,
             max_committed: max_seq,
+            durable_seq: max_seq,
             episode: None,
             total_bytes,
             read_hints: Vec::new(),
@@ -934,7 +946,7 @@ impl Store {
                 dir: dir.to_path_buf(),
                 opts,
                 next_seq: AtomicU64::new(next_seq),
-                max_committed: AtomicU64::new(max_seq),
+                durable_seq: AtomicU64::new(max_seq),
                 stats: inner_stats,
                 state: Mutex::new(state),
                 last_flush: Mutex::new(None),
@@ -1169,7 +1181,6 @@ impl Store {
                 }
             }
         }
-        self.inner.max_committed.store(st.max_committed, Ordering::Release);
         for (k, v) in &entry.kv {
             st.pending_kv.insert(k.clone(), v.clone());
         }
@@ -1216,21 +1227,32 @@ impl Store {
     }
 
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        let (target, files) = {
+        // The seqs in the log now become durable with this fsync (single writer: every record up to
+        // `max_committed` is in an entry at or below `written_lsn`).
+        let (target, seq_target, files) = {
             let mut st = self.lock();
             st.records_last_sync = std::mem::take(&mut st.records_since_sync);
             if st.synced_lsn >= st.written_lsn {
-                (st.written_lsn, Vec::new())
+                (st.written_lsn, st.max_committed, Vec::new())
             } else {
                 let active = st.active;
                 let files: Vec<(u64, Arc<File>)> = std::mem::take(&mut st.unsynced);
                 st.unsynced = files.iter().filter(|(id, _)| *id == active).cloned().collect();
-                (st.written_lsn, files)
+                (st.written_lsn, st.max_committed, files)
             }
         };
         // fsync outside the lock: the pipeline keeps committing and the uplink keeps reading.
-        for (_, f) in &files {
-            f.sync_data().map_err(io_err("syncing the outbox log"))?;
+        for (i, (_, f)) in files.iter().enumerate() {
+            if let Err(e) = f.sync_data() {
+                // Not durable: these files must be synced again by the next flush.
+                let mut st = self.lock();
+                for (id, f) in &files[i..] {
+                    if !st.unsynced.iter().any(|(u, _)| u == id) && st.segments.contains_key(id) {
+                        st.unsynced.push((*id, f.clone()));
+                    }
+                }
+                return Err(io_err("syncing the outbox log")(e));
+            }
         }
         if !files.is_empty() {
             self.inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -1238,6 +1260,10 @@ impl Store {
         {
             let mut st = self.lock();
             st.synced_lsn = st.synced_lsn.max(target);
+            // Only now may readers (the uplink) see these records: a record published before its
+            // fsync could be lost to a power cut and its seq handed out again.
+            st.durable_seq = st.durable_seq.max(seq_target);
+            self.inner.durable_seq.store(st.durable_seq, Ordering::Release);
         }
         *self.inner.last_flush.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
@@ -1780,9 +1806,10 @@ impl Store {
         st.readings_dropped.load(Ordering::Relaxed) + st.others_dropped.load(Ordering::Relaxed)
     }
 
-    /// The highest seq committed to the outbox so far (without taking the lock).
+    /// The highest seq committed to the outbox *and made durable* (fsynced) so far, without taking
+    /// the lock. Readers never see a record above it: [`Store::read_range`] stops there.
     pub fn max_committed(&self) -> u64 {
-        self.inner.max_committed.load(Ordering::Acquire)
+        self.inner.durable_seq.load(Ordering::Acquire)
     }
 
     /// Bytes of the outbox log (what `max_bytes` bounds).
@@ -1796,7 +1823,8 @@ impl Store {
     }
 
     /// Up to `max` unacknowledged records with `from <= seq < until` that `want` accepts, oldest
-    /// first. Records `want` refuses are skipped (and do not count against `max`).
+    /// first. Records `want` refuses are skipped (and do not count against `max`). Only durable
+    /// records are read (`seq <= max_committed()`): what was committed but not yet flushed waits.
     pub fn read_range(
         &self,
         from: u64,
@@ -1805,10 +1833,11 @@ impl Store {
         mut want: impl FnMut(&Record) -> bool,
     ) -> Result<Vec<Record>, StoreError> {
         let mut out = Vec::new();
+        let mut st = self.lock();
+        let until = until.min(st.durable_seq.saturating_add(1));
         if max == 0 || from >= until {
             return Ok(out);
         }
-        let mut st = self.lock();
         let ids: Vec<u64> =
             st.segments.values().filter(|s| s.first_seq.is_some() && s.last_seq >= from).map(|s| s.id).collect();
         for id in ids {
@@ -1901,12 +1930,12 @@ impl Store {
         st.segments.values().find(|s| s.unacked() > 0).and_then(|s| s.first_seq)
     }
 
-    /// The highest committed seq and, for each topic, the highest seq journaled on it that may still
-    /// wait in the outbox, taken together. The uplink takes this snapshot when it connects, to keep
-    /// each device's order while it drains the backlog.
+    /// The highest durable seq ([`Store::max_committed`]) and, for each topic, the highest seq
+    /// journaled on it that may still wait in the outbox, taken together. The uplink takes this
+    /// snapshot when it connects, to keep each device's order while it drains the backlog.
     pub fn outbox_snapshot(&self) -> (u64, HashMap<String, u64>) {
         let st = self.lock();
-        (st.max_committed, st.topic_last.clone())
+        (st.durable_seq, st.topic_last.clone())
     }
 }
 
