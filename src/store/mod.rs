@@ -57,7 +57,13 @@
 //!   replayed. [`Store::open_report`] says what happened; a `store_damaged` event is written.
 //!
 //! Single writer: seqs are allocated and committed by one task (the pipeline), so log order is seq
-//! order; the readers rely on that.
+//! order; the readers rely on that. The store itself never allocates a seq behind the writer's back:
+//! the end of a drop episode is returned by [`Store::maintain`] (which the pipeline calls) as a
+//! [`DropAnnouncement`], and the pipeline journals it. (A seq allocated between the pipeline's
+//! `allocate_seq` and its `commit` would move the live cursor past the lower seq, which would then
+//! never be published, and its segment never deleted.) The uplink only reads and calls
+//! [`Store::ack`], which touches memory; the acknowledgements reach the log with the pipeline's next
+//! commit or `maintain`.
 
 mod codec;
 mod ranges;
@@ -265,6 +271,24 @@ pub struct CommitReport {
     pub others_dropped: u64,
 }
 
+/// The `buffer_dropped` event of a finished drop episode, returned by [`Store::maintain`]. The
+/// outbox's one writer (the pipeline) allocates its seq and journals it like any other record
+/// ([`Batch::push_announcement`]), so seqs stay in commit order.
+#[derive(Debug, Clone)]
+pub struct DropAnnouncement {
+    topic_suffix: String,
+    json: serde_json::Value,
+}
+
+impl DropAnnouncement {
+    /// The event record, carrying `seq`.
+    pub fn into_record(self, seq: u64) -> Record {
+        let mut j = self.json;
+        j["seq"] = seq.into();
+        Record::new(seq, self.topic_suffix, j.to_string().into_bytes())
+    }
+}
+
 /// State changes that go to disk in the same atomic log entry as the records.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -311,6 +335,10 @@ impl Batch {
     }
     pub fn set_join_nonce(&mut self, next: u32) {
         self.kv.push((JOIN_NONCE.to_vec(), next.to_be_bytes().to_vec()));
+    }
+    /// Adds the event of a finished drop episode ([`Store::maintain`]) with its `seq`.
+    pub fn push_announcement(&mut self, a: DropAnnouncement, seq: u64) {
+        self.records.push(a.into_record(seq));
     }
     pub fn is_empty(&self) -> bool {
         self.records.is_empty() && self.kv.is_empty()
@@ -1552,10 +1580,12 @@ impl Store {
         ep.last_drop = Instant::now();
     }
 
-    /// Housekeeping, called about every 100–500 ms by the uplink: logs acknowledgements, deletes
-    /// acknowledged segments, applies `max_age_s`, copies state to sled, reopens sled after a failure,
-    /// and ends (announces) a drop episode that has been quiet for [`EPISODE_QUIET`].
-    pub fn maintain(&self) -> Result<(), StoreError> {
+    /// Housekeeping, called about every 200 ms by the pipeline (the outbox's one writer): logs
+    /// acknowledgements, deletes acknowledged segments, applies `max_age_s`, copies state to sled,
+    /// reopens sled after a failure, and ends a drop episode that has been quiet for
+    /// [`EPISODE_QUIET`]: its announcement is returned, for the caller to journal with a seq it
+    /// allocates (the store never allocates a seq behind the writer's back).
+    pub fn maintain(&self) -> Result<Option<DropAnnouncement>, StoreError> {
         let mut st = self.lock();
         if st.tree.is_none() && st.sled_broken_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
             self.reopen_sled(&mut st);
@@ -1586,12 +1616,10 @@ impl Store {
         let quiet = st.episode.as_ref().is_some_and(|e| e.last_drop.elapsed() >= EPISODE_QUIET);
         if quiet {
             if let Some(ep) = st.episode.take() {
-                drop(st);
-                self.announce(&ep)?;
-                return Ok(());
+                return Ok(Some(self.announcement(&ep)));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn reopen_sled(&self, st: &mut State) {
@@ -1628,11 +1656,10 @@ impl Store {
         }
     }
 
-    /// Writes the one event of a finished drop episode into the outbox.
-    fn announce(&self, ep: &Episode) -> Result<(), StoreError> {
-        let seq = self.allocate_seq();
+    /// The one event of a finished drop episode (its seq is filled in by the writer).
+    fn announcement(&self, ep: &Episode) -> DropAnnouncement {
         let mut j = episode_json(ep);
-        j["seq"] = seq.into();
+        j["seq"] = 0.into();
         j["device"] = self.inner.opts.gateway_id.clone().into();
         j["at"] = crate::reading::rfc3339(chrono::Utc::now()).into();
         j["event"] = "buffer_dropped".into();
@@ -1643,10 +1670,7 @@ impl Store {
         .into();
         j["ended_at"] = j["at"].clone();
         tracing::warn!(readings = ep.readings, others = ep.others, "buffer drop episode ended: announced as an event");
-        let mut b = Batch::default();
-        b.push_record(Record::new(seq, format!("event/{}", self.inner.opts.gateway_id), j.to_string().into_bytes()));
-        self.commit(b)?;
-        Ok(())
+        DropAnnouncement { topic_suffix: format!("event/{}", self.inner.opts.gateway_id), json: j }
     }
 
     fn read_state<T>(&self, f: impl FnOnce(&sled::Tree) -> Result<T, StoreError>) -> Result<T, StoreError> {

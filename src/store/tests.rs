@@ -137,13 +137,19 @@ fn drop_oldest_keeps_events_and_counts_exactly() {
     assert_eq!(left_readings + dropped, readings, "every reading is either there or counted");
     // The episode ends after a quiet period with one event carrying the counts.
     s.lock().episode.as_mut().unwrap().last_drop -= EPISODE_QUIET;
-    s.maintain().unwrap();
+    let a = s.maintain().unwrap().expect("the episode ended");
+    let mut b = Batch::default();
+    b.push_announcement(a, s.allocate_seq());
+    s.commit(b).unwrap();
     s.flush_blocking().unwrap();
     let ev: Vec<_> = s.read_from(0, 10_000).unwrap().into_iter().filter(|r| r.topic_suffix == "event/gw").collect();
     assert_eq!(ev.len(), 1);
     let j: serde_json::Value = serde_json::from_slice(&ev[0].payload).unwrap();
     assert_eq!(j["event"], "buffer_dropped");
     assert_eq!(j["readings_dropped"], dropped);
+    assert_eq!(j["seq"], ev[0].seq);
+    assert_eq!(j["policy"], "drop-oldest");
+    assert!(s.maintain().unwrap().is_none(), "one announcement per episode");
 }
 
 #[test]
