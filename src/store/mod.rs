@@ -66,12 +66,12 @@
 //! commit or `maintain`.
 
 mod codec;
+mod fs;
 mod ranges;
 
+pub use fs::{FileRef, Fs, FsFile, RealFs};
+
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -455,7 +455,7 @@ fn decode_body(body: &[u8]) -> Option<Entry> {
 
 /// Reads the entry at `offset`: Ok(None) at the clean end of the file, Err(()) when the bytes there
 /// are not a whole, valid entry (torn or damaged).
-fn read_entry(file: &File, offset: u64, file_len: u64) -> Result<Option<(Entry, u64)>, ()> {
+fn read_entry(file: &dyn FsFile, offset: u64, file_len: u64) -> Result<Option<(Entry, u64)>, ()> {
     if offset >= file_len {
         return Ok(None);
     }
@@ -481,13 +481,13 @@ fn read_entry(file: &File, offset: u64, file_len: u64) -> Result<Option<(Entry, 
 // ------------------------------------------------------------------------------------------ segments
 
 /// A segment as read at open: id, file, valid length, and its entries with (offset, length).
-type ScannedSegment = (u64, File, u64, Vec<(Entry, u64, u64)>);
+type ScannedSegment = (u64, FileRef, u64, Vec<(Entry, u64, u64)>);
 
 #[derive(Debug)]
 struct Segment {
     id: u64,
     path: PathBuf,
-    file: Arc<File>,
+    file: FileRef,
     bytes: u64,
     /// Seqs of the records in this segment, in order (u64 each: 8 MB for a million-record backlog
     /// would be too much, so only the range is kept when it is dense; see `present`).
@@ -543,7 +543,7 @@ struct State {
     written_lsn: u64,
     synced_lsn: u64,
     /// Files written since their last sync (the active one, and ones rotated out).
-    unsynced: Vec<(u64, Arc<File>)>,
+    unsynced: Vec<(u64, FileRef)>,
     acked: RangeSet,
     /// Acknowledgements not yet appended to the log.
     pending_acks: Vec<u64>,
@@ -568,6 +568,7 @@ struct State {
 }
 
 struct Inner {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     opts: StoreOptions,
     next_seq: AtomicU64,
@@ -601,14 +602,15 @@ enum SledOpen {
     Failed(StoreError),
 }
 
-fn open_sled(dir: &Path, cache_bytes: u64) -> SledOpen {
-    let marker_exists = dir.join(MARKER).exists();
+fn open_sled(dir: &Path, cache_bytes: u64, fs: &dyn Fs) -> SledOpen {
+    let marker_exists = fs.exists(&dir.join(MARKER));
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // Our log is the journal; sled holds state copied from it, so its own timer is enough.
-            .flush_every_ms(Some(500))
+            // (The power-cut simulation turns it off: there sled is durable only when flushed.)
+            .flush_every_ms(fs.sled_flush_every_ms())
             .open()?;
         let tree = db.open_tree("journal")?;
         // Touch every page once: sled reads pages lazily, and a damaged one panics when first read.
@@ -631,37 +633,46 @@ fn open_sled(dir: &Path, cache_bytes: u64) -> SledOpen {
 }
 
 /// Moves a damaged store aside, keeping its log segments (they are checked entry by entry).
-fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
+fn move_aside(dir: &Path, fs: &dyn Fs) -> Result<PathBuf, StoreError> {
     let ts = chrono::Utc::now().timestamp();
     let mut aside = PathBuf::from(format!("{}.damaged-{ts}", dir.display()));
     let mut n = 1;
-    while aside.exists() {
+    while aside.exists() || fs.exists(&aside) {
         aside = PathBuf::from(format!("{}.damaged-{ts}-{n}", dir.display()));
         n += 1;
     }
-    std::fs::rename(dir, &aside).map_err(io_err(format!("moving the damaged store to {}", aside.display())))?;
+    fs.rename_dir(dir, &aside).map_err(io_err(format!("moving the damaged store to {}", aside.display())))?;
     std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    fs.create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let old_wal = aside.join("wal");
-    if old_wal.is_dir() {
-        // Copy, do not move: the moved-aside store stays complete for inspection.
-        let wal = dir.join("wal");
-        std::fs::create_dir_all(&wal).map_err(io_err("creating wal"))?;
-        if let Ok(rd) = std::fs::read_dir(&old_wal) {
-            for e in rd.flatten() {
-                let _ = std::fs::copy(e.path(), wal.join(e.file_name()));
-            }
-        }
+    let wal = dir.join("wal");
+    fs.create_dir_all(&wal).map_err(io_err("creating wal"))?;
+    fs.sync_dir(dir).map_err(io_err("syncing the store directory"))?;
+    // Copy, do not move: the moved-aside store stays complete for inspection.
+    for name in fs.read_dir(&old_wal).unwrap_or_default() {
+        let _ = copy_file(fs, &old_wal.join(&name), &wal.join(&name));
     }
+    fs.sync_dir(&wal).map_err(io_err("syncing wal"))?;
     // The floor keeps seqs from being reused after the move.
-    let _ = std::fs::copy(aside.join(SEQ_FLOOR), dir.join(SEQ_FLOOR));
+    if copy_file(fs, &aside.join(SEQ_FLOOR), &dir.join(SEQ_FLOOR)).is_ok() {
+        fs.sync_dir(dir).map_err(io_err("syncing the store directory"))?;
+    }
     Ok(aside)
+}
+
+/// Copies a file and syncs the copy's contents (the caller syncs the directory).
+fn copy_file(fs: &dyn Fs, from: &Path, to: &Path) -> std::io::Result<()> {
+    let bytes = fs.read(from)?;
+    let f = fs.create(to)?;
+    f.write_all_at(&bytes, 0)?;
+    f.sync_data()
 }
 
 /// The floor file holds two slots (value + CRC each) written alternately in place: updating it needs
 /// no new disk blocks (it must work on a full disk, when dropping segments is the way out) and a torn
 /// write can only spoil the slot being written.
-fn read_seq_floor(dir: &Path) -> Option<u64> {
-    let b = std::fs::read(dir.join(SEQ_FLOOR)).ok()?;
+fn read_seq_floor(dir: &Path, fs: &dyn Fs) -> Option<u64> {
+    let b = fs.read(&dir.join(SEQ_FLOOR)).ok()?;
     b.chunks_exact(12)
         .filter_map(|c| {
             let v: [u8; 8] = c[..8].try_into().ok()?;
@@ -670,15 +681,10 @@ fn read_seq_floor(dir: &Path) -> Option<u64> {
         .max()
 }
 
-fn write_seq_floor(dir: &Path, next_seq: u64) -> Result<(), StoreError> {
+fn write_seq_floor(dir: &Path, fs: &dyn Fs, next_seq: u64) -> Result<(), StoreError> {
     let path = dir.join(SEQ_FLOOR);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io_err("opening seq.floor"))?;
+    let existed = fs.exists(&path);
+    let f = fs.open(&path, true).map_err(io_err("opening seq.floor"))?;
     let mut slot = [0u8; 12];
     slot[..8].copy_from_slice(&next_seq.to_le_bytes());
     slot[8..].copy_from_slice(&codec::crc32(&next_seq.to_le_bytes()).to_le_bytes());
@@ -696,27 +702,28 @@ fn write_seq_floor(dir: &Path, next_seq: u64) -> Result<(), StoreError> {
     };
     let target = if value(0) <= value(1) { 0 } else { 12 };
     f.write_all_at(&slot, target).and_then(|_| f.sync_data()).map_err(io_err("writing seq.floor"))?;
+    if !existed {
+        // A floor that is not in the directory after a power cut protects nothing.
+        fs.sync_dir(dir).map_err(io_err("syncing the store directory"))?;
+    }
     Ok(())
 }
 
-fn create_segment(wal: &Path, id: u64) -> Result<Segment, StoreError> {
+/// Creates a segment file and makes its directory entry durable (an fsync of the file's data does
+/// not: after a power cut the file could be gone with every entry in it).
+fn create_segment(fs: &dyn Fs, wal: &Path, id: u64) -> Result<Segment, StoreError> {
     let path = seg_path(wal, id);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(format!("creating {}", path.display())))?;
+    let file = fs.create(&path).map_err(io_err(format!("creating {}", path.display())))?;
+    fs.sync_dir(wal).map_err(io_err("syncing wal"))?;
     Ok(Segment::new(id, path, file))
 }
 
 impl Segment {
-    fn new(id: u64, path: PathBuf, file: File) -> Segment {
+    fn new(id: u64, path: PathBuf, file: FileRef) -> Segment {
         Segment {
             id,
             path,
-            file: Arc::new(file),
+            file,
             bytes: 0,
             first_seq: None,
             last_seq: 0,
@@ -771,17 +778,24 @@ impl Store {
     /// (see [`Store::open_report`]); only environment errors (permissions, the store locked by another
     /// process, ...) are returned as errors.
     pub fn open_with(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        Store::open_with_fs(dir, opts, Arc::new(RealFs))
+    }
+
+    /// [`Store::open_with`] on a given file system (the power-cut tests use a simulated one; sled
+    /// always uses the real one, in `dir`).
+    pub fn open_with_fs(dir: &Path, opts: StoreOptions, fs: Arc<dyn Fs>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        fs.create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let mut report = OpenReport::default();
-        let (db, tree) = match open_sled(dir, opts.cache_bytes) {
+        let (db, tree) = match open_sled(dir, opts.cache_bytes, &*fs) {
             SledOpen::Ok(db, tree) => (db, tree),
             SledOpen::Failed(e) => return Err(e),
             SledOpen::Damaged(why) => {
-                let aside = move_aside(dir)?;
+                let aside = move_aside(dir, &*fs)?;
                 tracing::error!(store = %dir.display(), moved_to = %aside.display(), reason = %why,
                     "the store is damaged: moved aside, starting a fresh one (readable outbox entries are kept)");
                 report.damaged = Some((aside, why));
-                match open_sled(dir, opts.cache_bytes) {
+                match open_sled(dir, opts.cache_bytes, &*fs) {
                     SledOpen::Ok(db, tree) => (db, tree),
                     SledOpen::Failed(e) => return Err(e),
                     SledOpen::Damaged(why) => {
@@ -796,25 +810,33 @@ impl Store {
         if tree.get(FORMAT_KEY)?.is_none() {
             tree.insert(FORMAT_KEY, &FORMAT.to_le_bytes())?;
             tree.flush()?;
+            fs.sled_flushed(dir);
         }
         let marker = dir.join(MARKER);
-        if !marker.exists() {
-            std::fs::write(&marker, b"district-gateway store: sled state + wal/ outbox log\n")
+        if !fs.exists(&marker) {
+            let f = fs.create(&marker).map_err(io_err("writing the store marker"))?;
+            f.write_all_at(b"district-gateway store: sled state + wal/ outbox log\n", 0)
+                .and_then(|_| f.sync_data())
                 .map_err(io_err("writing the store marker"))?;
+            fs.sync_dir(dir).map_err(io_err("syncing the store directory"))?;
         }
         let wal = dir.join("wal");
-        std::fs::create_dir_all(&wal).map_err(io_err("creating wal"))?;
+        if !fs.exists(&wal) {
+            fs.create_dir_all(&wal).map_err(io_err("creating wal"))?;
+            fs.sync_dir(dir).map_err(io_err("syncing the store directory"))?;
+        }
 
         let lsn_applied = tree.get(LSN_KEY)?.and_then(|v| be_u64(&v)).unwrap_or(0);
         let mut acked = tree.get(ACKED_KEY)?.map(|v| RangeSet::decode(&v)).unwrap_or_default();
         let sled_next = tree.get(NEXT_SEQ)?.and_then(|v| be_u64(&v)).unwrap_or(1);
-        let floor = read_seq_floor(dir);
+        let floor = read_seq_floor(dir, &*fs);
 
         // Scan the log: every segment, every entry, CRC-checked.
-        let mut ids: Vec<u64> = std::fs::read_dir(&wal)
+        let mut ids: Vec<u64> = fs
+            .read_dir(&wal)
             .map_err(io_err("listing wal"))?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+            .iter()
+            .filter_map(|name| name.strip_suffix(".seg")?.parse().ok())
             .collect();
         ids.sort_unstable();
         let mut entries_by_seg: Vec<ScannedSegment> = Vec::new();
@@ -824,16 +846,12 @@ impl Store {
         let mut topic_last = HashMap::new();
         for (i, id) in ids.iter().enumerate() {
             let path = seg_path(&wal, *id);
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_err(format!("opening {}", path.display())))?;
-            let len = file.metadata().map_err(io_err("stat segment"))?.len();
+            let file = fs.open(&path, false).map_err(io_err(format!("opening {}", path.display())))?;
+            let len = file.size().map_err(io_err("stat segment"))?;
             let mut off = 0;
             let mut entries = Vec::new();
             loop {
-                match read_entry(&file, off, len) {
+                match read_entry(&*file, off, len) {
                     Ok(Some((e, next))) => {
                         entries.push((e, off, next - off));
                         off = next;
@@ -903,7 +921,7 @@ impl Store {
             next_seq = next_seq.max(max_seq + SEQ_GAP_AFTER_DAMAGE);
         }
         let active_id = segments.keys().next_back().map_or(1, |id| id + 1);
-        let active = create_segment(&wal, active_id)?;
+        let active = create_segment(&*fs, &wal, active_id)?;
         let unsynced = vec![(active_id, active.file.clone())];
         segments.insert(active_id, active);
 
@@ -971,6 +989,7 @@ impl Store {
 
         let store = Store {
             inner: Arc::new(Inner {
+                fs,
                 dir: dir.to_path_buf(),
                 opts,
                 next_seq: AtomicU64::new(next_seq),
@@ -1035,6 +1054,7 @@ impl Store {
             }
             tree.apply_batch(sb)?;
             tree.flush()?;
+            self.inner.fs.sled_flushed(&self.inner.dir);
         }
         Ok(())
     }
@@ -1224,7 +1244,7 @@ impl Store {
 
     fn rotate(&self, st: &mut State) -> Result<(), StoreError> {
         let id = st.active + 1;
-        let seg = create_segment(&st.wal, id)?;
+        let seg = create_segment(&*self.inner.fs, &st.wal, id)?;
         st.unsynced.push((id, seg.file.clone()));
         st.segments.insert(id, seg);
         st.active = id;
@@ -1264,7 +1284,7 @@ impl Store {
                 (st.written_lsn, st.max_committed, Vec::new())
             } else {
                 let active = st.active;
-                let files: Vec<(u64, Arc<File>)> = std::mem::take(&mut st.unsynced);
+                let files: Vec<(u64, FileRef)> = std::mem::take(&mut st.unsynced);
                 st.unsynced = files.iter().filter(|(id, _)| *id == active).cloned().collect();
                 (st.written_lsn, st.max_committed, files)
             }
@@ -1320,6 +1340,7 @@ impl Store {
         match r {
             Ok(()) => {
                 if sync {
+                    self.inner.fs.sled_flushed(&self.inner.dir);
                     st.sled_lsn_durable = lsn;
                 }
                 Ok(())
@@ -1369,7 +1390,7 @@ impl Store {
                 tracing::warn!(error = %e, "state not yet durable in sled; dropping the segment anyway (disk full)");
             }
         }
-        write_seq_floor(&self.inner.dir, self.next_seq())
+        write_seq_floor(&self.inner.dir, &*self.inner.fs, self.next_seq())
     }
 
     fn remove_segment(&self, st: &mut State, id: u64) {
@@ -1377,7 +1398,9 @@ impl Store {
             st.total_bytes = st.total_bytes.saturating_sub(seg.bytes);
             st.unsynced.retain(|(i, _)| *i != id);
             st.read_hints.retain(|(s, ..)| *s != id);
-            if let Err(e) = std::fs::remove_file(&seg.path) {
+            // The deletion is made durable too: a segment that comes back after a power cut brings
+            // back records that were acknowledged or counted as dropped.
+            if let Err(e) = self.inner.fs.remove_file(&seg.path).and_then(|_| self.inner.fs.sync_dir(&st.wal)) {
                 tracing::warn!(error = %e, segment = %seg.path.display(), "removing an outbox segment failed");
             }
         }
@@ -1476,7 +1499,7 @@ impl Store {
         let mut kept = Vec::new();
         let mut off = 0;
         let mut newest = 0;
-        while let Ok(Some((e, next))) = read_entry(&seg.file, off, seg.bytes) {
+        while let Ok(Some((e, next))) = read_entry(&*seg.file, off, seg.bytes) {
             newest = newest.max(e.time_ms);
             for r in e.records {
                 if keep.contains(&r.0) {
@@ -1490,12 +1513,15 @@ impl Store {
         let tmp = seg.path.with_extension("tmp");
         let path = seg.path.clone();
         let old_bytes = seg.bytes;
+        let fs = &*self.inner.fs;
         let f = (|| {
-            let mut f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&tmp)?;
-            f.write_all(&encoded)?;
+            let f = fs.create(&tmp)?;
+            f.write_all_at(&encoded, 0)?;
             f.sync_data()?;
-            std::fs::rename(&tmp, &path)?;
-            Ok::<File, std::io::Error>(f)
+            fs.rename(&tmp, &path)?;
+            // Until the directory is synced, a power cut could bring the old segment back.
+            fs.sync_dir(&st.wal)?;
+            Ok::<FileRef, std::io::Error>(f)
         })()
         .map_err(io_err(format!("rewriting {}", path.display())))?;
         let mut new = Segment::new(id, path, f);
@@ -1623,14 +1649,14 @@ impl Store {
     }
 
     fn reopen_sled(&self, st: &mut State) {
-        match open_sled(&self.inner.dir, self.inner.opts.cache_bytes) {
+        match open_sled(&self.inner.dir, self.inner.opts.cache_bytes, &*self.inner.fs) {
             SledOpen::Ok(db, tree) => {
                 tracing::info!("the state database is back");
                 // Everything since what sled made durable is replayed from the log.
                 let from = tree.get(LSN_KEY).ok().flatten().and_then(|v| be_u64(&v)).unwrap_or(0);
                 for seg in st.segments.values() {
                     let mut off = 0;
-                    while let Ok(Some((e, next))) = read_entry(&seg.file, off, seg.bytes) {
+                    while let Ok(Some((e, next))) = read_entry(&*seg.file, off, seg.bytes) {
                         if e.lsn > from {
                             for (k, v) in e.kv {
                                 st.pending_kv.entry(k).or_insert(v);
@@ -1876,7 +1902,7 @@ impl Store {
                 off = *o;
             }
             loop {
-                let (e, next) = match read_entry(&file, off, len) {
+                let (e, next) = match read_entry(&*file, off, len) {
                     Ok(Some(x)) => x,
                     Ok(None) => break,
                     Err(()) => {

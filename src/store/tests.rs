@@ -1,4 +1,6 @@
 use super::*;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 
 fn rec(seq: u64) -> Record {
     let pad = "x".repeat(200);

@@ -419,11 +419,9 @@ pub async fn run_with(
                 backoff = (backoff * 2).min(s.reconnect_max);
                 let sleep = tokio::time::sleep(wait);
                 tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        _ = &mut sleep => break,
-                        _ = shutdown.changed() => break,
-                    }
+                tokio::select! {
+                    _ = &mut sleep => {}
+                    _ = shutdown.changed() => {}
                 }
                 if *shutdown.borrow() {
                     break;
