@@ -841,6 +841,8 @@ impl Store {
         ids.sort_unstable();
         let mut entries_by_seg: Vec<ScannedSegment> = Vec::new();
         let mut max_seq = 0u64;
+        // Where seqs continue, as entries that refused readings (drop-newest) recorded it.
+        let mut log_next = 0u64;
         let mut max_lsn = lsn_applied;
         let mut pending_kv = BTreeMap::new();
         let mut topic_last = HashMap::new();
@@ -879,6 +881,11 @@ impl Store {
                     max_seq = max_seq.max(*seq);
                     topic_last.insert(topic.clone(), *seq);
                 }
+                for (k, v) in &e.kv {
+                    if k == NEXT_SEQ {
+                        log_next = log_next.max(be_u64(v).unwrap_or(0));
+                    }
+                }
                 if e.lsn > lsn_applied {
                     for (k, v) in &e.kv {
                         pending_kv.insert(k.clone(), v.clone());
@@ -915,7 +922,7 @@ impl Store {
             segments.insert(id, seg);
         }
 
-        let mut next_seq = sled_next.max(max_seq + 1).max(floor.unwrap_or(1));
+        let mut next_seq = sled_next.max(max_seq + 1).max(floor.unwrap_or(1)).max(log_next);
         if report.damaged.is_some() && floor.is_none() {
             // Seqs handed out before the damage may be above everything we can still read.
             next_seq = next_seq.max(max_seq + SEQ_GAP_AFTER_DAMAGE);
@@ -1551,6 +1558,9 @@ impl Store {
         let n = (before - entry.records.len()) as u64;
         if n > 0 {
             self.note_drop(st, n, 0, reason, first, last);
+            // The refused seqs are not in the log, but they were handed out (and the drop event names
+            // them): the entry says where seqs continue, so a power cut cannot bring them back.
+            entry.kv.push((NEXT_SEQ.to_vec(), (last + 1).to_be_bytes().to_vec()));
         }
         n
     }
