@@ -68,6 +68,8 @@
 mod codec;
 mod fs;
 mod ranges;
+#[cfg(test)]
+mod sim_fs;
 
 pub use fs::{FileRef, Fs, FsFile, RealFs};
 
@@ -2039,5 +2041,7 @@ fn episode_json(ep: &Episode) -> serde_json::Value {
     })
 }
 
+#[cfg(test)]
+mod powercut_tests;
 #[cfg(test)]
 mod tests;
