@@ -54,6 +54,8 @@ struct Model {
     dropped: BTreeSet<u64>,
     /// Every seq a reader has seen.
     seen: BTreeSet<u64>,
+    /// Published, PUBACK still to come.
+    inflight: Vec<u64>,
     /// Frame counters etc. as last flushed, and as committed since (in order).
     fcnt_up: HashMap<String, u32>,
     fcnt_down: HashMap<String, u32>,
@@ -330,7 +332,19 @@ impl Run {
                 m.seen.insert(r.seq);
             }
             self.log.push(format!("read {:?}", got.iter().map(|r| r.seq).collect::<Vec<_>>()));
-            let acks: Vec<u64> = got.iter().map(|r| r.seq).filter(|_| self.rng.percent(60)).collect();
+            // Published now: some PUBACKs come at once, some later (after more commits, drops and
+            // housekeeping, as on a slow connection).
+            let mut acks: Vec<u64> = Vec::new();
+            for r in &got {
+                match self.rng.below(10) {
+                    0..=3 => acks.push(r.seq),
+                    4..=6 => m.inflight.push(r.seq),
+                    _ => {}
+                }
+            }
+            if self.rng.percent(50) {
+                acks.append(&mut m.inflight);
+            }
             if !acks.is_empty() {
                 s.ack(&acks).map_err(|e| format!("ack failed: {e}"))?;
                 m.acked.extend(acks.iter().copied());
@@ -452,6 +466,7 @@ impl Run {
         m.durable.extend(present.keys().copied());
         m.committed.clear();
         m.pending.clear();
+        m.inflight.clear();
         for d in DEVICES {
             m.fcnt_up.insert(d.into(), fmax(&up, d));
             m.fcnt_down.insert(d.into(), fmax(&down, d));
