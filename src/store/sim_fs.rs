@@ -389,3 +389,40 @@ impl Fs for SimFs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_power_cut_keeps_only_what_was_synced() {
+        let sled = tempfile::tempdir().unwrap();
+        let fs = SimFs::new();
+        let d = Path::new("/s");
+        fs.create_dir_all(d).unwrap();
+        // Synced contents and a synced directory entry survive; the unsynced write is torn.
+        let a = fs.create(&d.join("a")).unwrap();
+        a.write_all_at(b"hello", 0).unwrap();
+        a.sync_data().unwrap();
+        fs.sync_dir(d).unwrap();
+        a.write_all_at(b" world", 5).unwrap();
+        // A file whose contents are synced but whose directory entry is not is gone.
+        let b = fs.create(&d.join("b")).unwrap();
+        b.write_all_at(b"x", 0).unwrap();
+        b.sync_data().unwrap();
+        // A rename without a directory fsync is undone.
+        fs.rename(&d.join("a"), &d.join("c")).unwrap();
+        fs.cut_after(1);
+        assert!(fs.remove_file(&d.join("c")).is_err(), "the power is gone");
+        let mut n = 0;
+        fs.power_cut(sled.path(), &mut |m| {
+            n += 1;
+            m - 1
+        })
+        .unwrap();
+        assert_eq!(fs.read(&d.join("a")).unwrap(), b"hello world", "all of the unsynced write kept here");
+        assert!(!fs.exists(&d.join("b")) && !fs.exists(&d.join("c")));
+        fs.power_cut(sled.path(), &mut |_| 0).unwrap();
+        assert_eq!(fs.read(&d.join("a")).unwrap(), b"hello world", "what survived a cut is durable");
+    }
+}
