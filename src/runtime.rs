@@ -124,6 +124,9 @@ const MAX_GROUP: usize = 512;
 const LOOPS_SAVE_EVERY: Duration = Duration::from_secs(30);
 /// How often class C queues and downlink timeouts are looked at.
 const TICK: Duration = Duration::from_millis(500);
+/// How often the store's housekeeping runs (acknowledgements to the log, deleting acknowledged
+/// segments, the age bound, ending drop episodes).
+const MAINTAIN_EVERY: Duration = Duration::from_millis(200);
 
 /// A started daemon. Dropping it does not stop it; call [`Daemon::stop`].
 pub struct Daemon {
@@ -328,6 +331,20 @@ impl Daemon {
         if tokio::time::timeout(Duration::from_secs(10), all).await.is_err() {
             tracing::warn!("tasks did not stop within 10 s; aborting them");
             self.tasks.abort_all();
+        }
+        // Every task has stopped: this is the outbox's only writer now. The last acknowledgements
+        // reach the log (so a restart does not send them again), and an ended drop episode is
+        // journaled.
+        match self.store.maintain() {
+            Ok(Some(a)) => {
+                let mut b = Batch::default();
+                b.push_announcement(a, self.store.allocate_seq());
+                if let Err(e) = self.store.commit(b) {
+                    tracing::error!(error = %e, "journaling the end of a drop episode failed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "final store housekeeping failed"),
         }
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
@@ -761,6 +778,8 @@ impl Pipeline {
         let tick_every = TICK.div_f64(crate::clock::speed().max(1.0)).max(Duration::from_millis(20));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+        maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.health.loop_tick();
             tokio::select! {
@@ -776,6 +795,7 @@ impl Pipeline {
                     self.ingest(group).await;
                 }
                 Some(c) = control.recv() => self.control(c).await,
+                _ = maintain.tick() => self.housekeeping().await,
                 _ = tick.tick() => {
                     let out = self.ns.tick(now_ms());
                     self.apply(Batch::default(), out, 0).await;
@@ -796,6 +816,26 @@ impl Pipeline {
             }
         }
         self.save_loops();
+    }
+
+    /// The store's housekeeping. It runs here, not in the uplink, because it writes to the outbox
+    /// log (acknowledgements; the event that ends a drop episode, which takes a seq) and deletes
+    /// segments: the pipeline is the log's one writer, so seqs are committed in the order they are
+    /// allocated and nothing is appended between an `allocate_seq` and its `commit`.
+    async fn housekeeping(&mut self) {
+        match self.store.maintain() {
+            Ok(Some(announcement)) => {
+                let mut batch = Batch::default();
+                batch.push_announcement(announcement, self.store.allocate_seq());
+                self.apply(batch, Output::default(), 0).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "store housekeeping failed"),
+        }
+        self.counters.readings_dropped.store(
+            self.store.stats().readings_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn board_seen(&self, r: &crate::reading::Reading, now: chrono::DateTime<Utc>) {

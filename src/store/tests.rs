@@ -1,5 +1,7 @@
 use super::*;
 use crate::keys::{DevAddr, Key128};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 
 fn rec(seq: u64) -> Record {
     let pad = "x".repeat(200);
@@ -128,6 +130,7 @@ fn drop_oldest_keeps_events_and_counts_exactly() {
         }
         s.commit(b).unwrap();
     }
+    s.flush_blocking().unwrap();
     assert!(s.log_bytes() <= 64 << 10);
     let dropped = s.stats().readings_dropped.load(Ordering::Relaxed);
     assert!(dropped > 0);
@@ -140,12 +143,19 @@ fn drop_oldest_keeps_events_and_counts_exactly() {
     assert_eq!(left_readings + dropped, readings, "every reading is either there or counted");
     // The episode ends after a quiet period with one event carrying the counts.
     s.lock().episode.as_mut().unwrap().last_drop -= EPISODE_QUIET;
-    s.maintain().unwrap();
+    let a = s.maintain().unwrap().expect("the episode ended");
+    let mut b = Batch::default();
+    b.push_announcement(a, s.allocate_seq());
+    s.commit(b).unwrap();
+    s.flush_blocking().unwrap();
     let ev: Vec<_> = s.read_from(0, 10_000).unwrap().into_iter().filter(|r| r.topic_suffix == "event/gw").collect();
     assert_eq!(ev.len(), 1);
     let j: serde_json::Value = serde_json::from_slice(&ev[0].payload).unwrap();
     assert_eq!(j["event"], "buffer_dropped");
     assert_eq!(j["readings_dropped"], dropped);
+    assert_eq!(j["seq"], ev[0].seq);
+    assert_eq!(j["policy"], "drop-oldest");
+    assert!(s.maintain().unwrap().is_none(), "one announcement per episode");
 }
 
 #[test]
@@ -218,4 +228,26 @@ fn read_range_filters_and_resumes() {
     }
     assert_eq!(got, seqs.iter().copied().filter(|s| s % 2 == 0).collect::<Vec<_>>());
     assert_eq!(s.read_range(0, 5, 100, |_| true).unwrap().len(), 4);
+}
+
+#[test]
+fn readers_see_only_what_is_fsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_with(dir.path(), opts(1 << 20)).unwrap();
+    let flushed = put(&s, 3);
+    assert_eq!(s.max_committed(), *flushed.last().unwrap());
+    // Committed, not yet flushed: not visible to the uplink by any read path.
+    let mut b = Batch::default();
+    let seq = s.allocate_seq();
+    b.push_record(rec(seq));
+    b.set_fcnt("d", 9);
+    s.commit(b).unwrap();
+    assert_eq!(s.max_committed(), *flushed.last().unwrap(), "the watermark waits for the fsync");
+    assert_eq!(s.outbox_snapshot().0, *flushed.last().unwrap());
+    let seen: Vec<u64> = s.read_from(0, 100).unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(seen, flushed, "read_from stops at the durable watermark");
+    assert!(s.read_range(seq, u64::MAX, 10, |_| true).unwrap().is_empty());
+    s.flush_blocking().unwrap();
+    assert_eq!(s.max_committed(), seq);
+    assert_eq!(s.read_range(seq, u64::MAX, 10, |_| true).unwrap().len(), 1);
 }

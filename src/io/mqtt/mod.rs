@@ -152,9 +152,9 @@ impl UplinkPolicy {
     }
 }
 
-/// How often the store's housekeeping runs (acknowledgements to the log, segment deletion, drop
-/// episodes), and the drain's pacing tick.
-const MAINTAIN_EVERY: Duration = Duration::from_millis(200);
+/// How often the uplink looks at the outbox without being woken (a safety net), and the drain's
+/// pacing tick.
+const POKE_EVERY: Duration = Duration::from_millis(200);
 const DRAIN_TICK: Duration = Duration::from_millis(10);
 
 /// A queued or in-flight publish: its outbox seq (None: not an outbox record) and whether the drain
@@ -329,8 +329,10 @@ pub async fn run_with(
     link.drain.done = true;
     let mut backoff = s.reconnect_min;
     let online = serde_json::json!({"online": true, "version": s.version, "started_at": s.started_at}).to_string();
-    let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
-    maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The store's housekeeping (logging acknowledgements, deleting segments, ending drop episodes)
+    // is the pipeline's, the outbox's one writer; this tick only looks for work missed by a wake-up.
+    let mut poke = tokio::time::interval(POKE_EVERY);
+    poke.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pace = tokio::time::interval(DRAIN_TICK);
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -343,13 +345,7 @@ pub async fn run_with(
                     ev = &mut poll => break Some(ev),
                     _ = journaled.notified() => link.top_up(&client, &store, &s),
                     _ = pace.tick(), if link.connected && !link.drain.done => link.top_up(&client, &store, &s),
-                    _ = maintain.tick() => {
-                        if let Err(e) = store.maintain() {
-                            tracing::warn!(error = %e, "store housekeeping failed");
-                        }
-                        counters.readings_dropped.store(store.stats().readings_dropped.load(Ordering::Relaxed), Ordering::Relaxed);
-                        link.top_up(&client, &store, &s);
-                    }
+                    _ = poke.tick() => link.top_up(&client, &store, &s),
                     _ = shutdown.changed() => break None,
                 }
             }
@@ -423,17 +419,9 @@ pub async fn run_with(
                 backoff = (backoff * 2).min(s.reconnect_max);
                 let sleep = tokio::time::sleep(wait);
                 tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        _ = &mut sleep => break,
-                        _ = maintain.tick() => {
-                            if let Err(e) = store.maintain() {
-                                tracing::warn!(error = %e, "store housekeeping failed");
-                            }
-                            counters.readings_dropped.store(store.stats().readings_dropped.load(Ordering::Relaxed), Ordering::Relaxed);
-                        }
-                        _ = shutdown.changed() => break,
-                    }
+                tokio::select! {
+                    _ = &mut sleep => {}
+                    _ = shutdown.changed() => {}
                 }
                 if *shutdown.borrow() {
                     break;
@@ -467,10 +455,7 @@ pub async fn run_with(
         })
         .await;
     }
-    // Log the last acknowledgements so that a restart does not send them again.
-    if let Err(e) = store.maintain() {
-        tracing::debug!(error = %e, "final store housekeeping failed");
-    }
+    // The last acknowledgements reach the log with the store's last housekeeping (`Daemon::stop`).
     Ok(())
 }
 

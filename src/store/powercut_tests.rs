@@ -1,0 +1,580 @@
+//! Power cuts at thousands of random points (seeded, reproducible) under a mixed workload, on the
+//! simulated file system (`sim_fs.rs`). At each cut the store is reopened from what was durable and
+//! checked:
+//! - it always opens, and finds no damage;
+//! - nothing acknowledged as durable (committed, then flushed) is lost, unless it was acknowledged
+//!   by PUBACK or dropped by the bound (and every drop was counted);
+//! - every record a reader could see is still there (readers see only durable records), and no
+//!   `seq` is handed out twice: new seqs are above every seq a reader could have seen;
+//! - no frame counter (FCntUp, FCntDown, JoinNonce) moves back from its last flushed value; flushed
+//!   DevNonces and sessions are there.
+//!
+//! `DG_POWERCUT_CUTS` sets the number of cuts (default 5,000: ~30 s on two cores), `DG_POWERCUT_SEED` the base seed;
+//! a failure prints the seed of its run, and `DG_POWERCUT_RUN_SEED=<seed>` repeats that run alone.
+//! `DG_POWERCUT_NO_DIR_SYNC=1` turns directory fsyncs into no-ops (to see what they are for).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::sim_fs::SimFs;
+use super::*;
+
+/// SplitMix64: small, seedable, good enough to pick cut points.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+}
+
+/// What the test knows: what was promised, and what may or may not have survived.
+#[derive(Default)]
+struct Model {
+    payloads: HashMap<u64, (String, Vec<u8>)>,
+    /// Committed, not yet flushed: may or may not survive a cut.
+    committed: BTreeSet<u64>,
+    /// Committed and then flushed: must survive (unless acked or dropped).
+    durable: BTreeSet<u64>,
+    acked: BTreeSet<u64>,
+    dropped: BTreeSet<u64>,
+    /// Every seq a reader has seen.
+    seen: BTreeSet<u64>,
+    /// Published, PUBACK still to come.
+    inflight: Vec<u64>,
+    /// Frame counters etc. as last flushed, and as committed since (in order).
+    fcnt_up: HashMap<String, u32>,
+    fcnt_down: HashMap<String, u32>,
+    join_nonce: u32,
+    nonces: BTreeSet<(u64, u16)>,
+    sessions: HashMap<String, [u8; 4]>,
+    pending: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Generators: the next value to commit.
+    gen_up: HashMap<String, u32>,
+    gen_down: HashMap<String, u32>,
+    gen_join: u32,
+    gen_nonce: u16,
+    gen_session: u32,
+}
+
+const DEVICES: [&str; 4] = ["d0", "d1", "d2", "d3"];
+
+impl Model {
+    fn flushed(&mut self) {
+        let committed = std::mem::take(&mut self.committed);
+        self.durable.extend(committed);
+        for kv in std::mem::take(&mut self.pending) {
+            for (k, v) in kv {
+                self.apply_kv(&k, &v);
+            }
+        }
+    }
+    fn apply_kv(&mut self, k: &[u8], v: &[u8]) {
+        let name = |p: &[u8]| String::from_utf8_lossy(&k[p.len()..]).into_owned();
+        let u32v = || v.try_into().map(u32::from_be_bytes).unwrap_or(0);
+        if k.starts_with(FCNT_PREFIX) {
+            self.fcnt_up.insert(name(FCNT_PREFIX), u32v());
+        } else if k.starts_with(FCNT_DOWN_PREFIX) {
+            self.fcnt_down.insert(name(FCNT_DOWN_PREFIX), u32v());
+        } else if k.starts_with(SESSION_PREFIX) {
+            if let Some(a) = v.get(0..4).and_then(|a| <[u8; 4]>::try_from(a).ok()) {
+                self.sessions.insert(name(SESSION_PREFIX), a);
+            }
+        } else if k.starts_with(NONCE_PREFIX) {
+            let rest = &k[NONCE_PREFIX.len()..];
+            if let (Ok(e), Ok(n)) = (<[u8; 8]>::try_from(&rest[0..8]), <[u8; 2]>::try_from(&rest[8..10])) {
+                self.nonces.insert((u64::from_be_bytes(e), u16::from_be_bytes(n)));
+            }
+        } else if k == JOIN_NONCE {
+            self.join_nonce = u32v();
+        }
+    }
+    /// Seqs that must be in the outbox after a cut.
+    fn must_survive(&self) -> impl Iterator<Item = u64> + '_ {
+        self.durable
+            .iter()
+            .chain(self.seen.iter())
+            .copied()
+            .filter(|s| !self.acked.contains(s) && !self.dropped.contains(s))
+    }
+}
+
+/// Every unacknowledged record in the log, durable or not (a test's view, past the watermark).
+fn all_unacked(s: &Store) -> BTreeSet<u64> {
+    let st = s.lock();
+    let mut out = BTreeSet::new();
+    for seg in st.segments.values() {
+        let mut off = 0;
+        while let Ok(Some((e, next))) = read_entry(&*seg.file, off, seg.bytes) {
+            for r in &e.records {
+                if !st.acked.contains(r.0) {
+                    out.insert(r.0);
+                }
+            }
+            off = next;
+        }
+    }
+    out
+}
+
+/// Each segment's unacknowledged counts agree with its records (debugging aid, verbose mode).
+fn counts_agree(s: &Store) -> Result<(), String> {
+    let st = s.lock();
+    for seg in st.segments.values() {
+        let (mut r, mut o) = (0, 0);
+        let mut off = 0;
+        while let Ok(Some((e, next))) = read_entry(&*seg.file, off, seg.bytes) {
+            for rec in &e.records {
+                if !st.acked.contains(rec.0) {
+                    if rec.1 == RecordKind::Reading {
+                        r += 1;
+                    } else {
+                        o += 1;
+                    }
+                }
+            }
+            off = next;
+        }
+        if (r, o) != (seg.unacked_readings, seg.unacked_others) {
+            return Err(format!(
+                "segment {} counts ({}, {}) unacked, holds ({r}, {o}); first {:?} last {}",
+                seg.id, seg.unacked_readings, seg.unacked_others, seg.first_seq, seg.last_seq
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Commits, checking that every drop is counted: what left the outbox is exactly what the report
+/// (or, when the power went during the commit, the store's counters) says. None: the commit failed.
+fn commit_tracked(s: &Store, m: &mut Model, b: Batch, seqs: &[u64]) -> Result<Option<CommitReport>, String> {
+    let before = all_unacked(s);
+    let drops_before = s.drops();
+    let r = s.commit_report(b);
+    let after = all_unacked(s);
+    let committed = r.is_ok();
+    let gone: Vec<u64> =
+        before.iter().chain(seqs.iter().filter(|_| committed)).copied().filter(|q| !after.contains(q)).collect();
+    let n = match &r {
+        Ok(rep) => rep.readings_dropped + rep.others_dropped,
+        // The power went during the commit, maybe after the bound dropped records.
+        Err(_) => s.drops() - drops_before,
+    };
+    // A failed commit may also have counted the new readings drop-newest refused before the write
+    // failed (they were never stored, and the caller acknowledges nothing).
+    let refused = if committed { 0 } else { seqs.len() as u64 };
+    if !(gone.len() as u64..=gone.len() as u64 + refused).contains(&n) {
+        return Err(format!("a commit counted {n} drops, but {} records left the outbox", gone.len()));
+    }
+    m.dropped.extend(gone);
+    Ok(r.ok())
+}
+
+struct Run {
+    seed: u64,
+    rng: Rng,
+    fs: SimFs,
+    dir: tempfile::TempDir,
+    opts: StoreOptions,
+    m: Model,
+    cuts: u64,
+    log: Vec<String>,
+}
+
+type Check = Result<(), String>;
+
+impl Run {
+    fn new(seed: u64) -> Run {
+        let mut rng = Rng(seed);
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.expect("temp dir");
+        let policy = if rng.percent(70) { DropPolicy::DropOldest } else { DropPolicy::DropNewest };
+        let opts = StoreOptions {
+            cache_bytes: 1 << 20,
+            max_bytes: (16 + rng.below(48)) << 10,
+            policy,
+            gateway_id: "gw".into(),
+            segment_bytes: Some(4096),
+            ..StoreOptions::default()
+        };
+        let fs = SimFs::new();
+        if std::env::var("DG_POWERCUT_NO_DIR_SYNC").is_ok_and(|v| v == "1") {
+            fs.set_ignore_dir_sync(true);
+        }
+        Run { seed, rng, fs, dir, opts, m: Model::default(), cuts: 0, log: Vec::new() }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn open(&mut self) -> Result<Store, String> {
+        let s = Store::open_with_fs(&self.path(), self.opts.clone(), Arc::new(self.fs.clone()))
+            .map_err(|e| format!("the store did not open: {e}"))?;
+        if let Some((_, why)) = &s.open_report().damaged {
+            return Err(format!("the store found damage after a power cut: {why}"));
+        }
+        Ok(s)
+    }
+
+    fn fail(&self, what: String) -> String {
+        format!(
+            "power-cut test failed: run seed {} (repeat: DG_POWERCUT_RUN_SEED={} cargo test --release --lib \
+             store::powercut_tests), cut #{}: {what}\nlast steps: {:?}",
+            self.seed,
+            self.seed,
+            self.cuts,
+            self.log
+                .iter()
+                .rev()
+                .take(if std::env::var("DG_POWERCUT_VERBOSE").is_ok() { usize::MAX } else { 12 })
+                .rev()
+                .collect::<Vec<_>>()
+        )
+    }
+
+    /// One step of the workload. Err: a broken promise; Ok(false): an operation failed (the power
+    /// went).
+    fn step(&mut self, s: &Store) -> Result<bool, String> {
+        let r = self.rng.below(100);
+        let m = &mut self.m;
+        if r < 45 {
+            // A group commit: records and state, usually flushed at once.
+            let mut b = Batch::default();
+            let mut kv = Vec::new();
+            let mut seqs = Vec::new();
+            for _ in 0..1 + self.rng.below(6) {
+                let seq = s.allocate_seq();
+                let topic = match self.rng.below(10) {
+                    0 => "event/bin-1".to_string(),
+                    1 => "agg/d0".to_string(),
+                    n => format!("reading/{}", DEVICES[n as usize % 4]),
+                };
+                let pad = "p".repeat(self.rng.below(300) as usize);
+                let payload = format!("{{\"seq\":{seq},\"pad\":\"{pad}\"}}").into_bytes();
+                m.payloads.insert(seq, (topic.clone(), payload.clone()));
+                b.push_record(Record::new(seq, topic, payload));
+                seqs.push(seq);
+            }
+            let dev = DEVICES[self.rng.below(4) as usize];
+            let up = m.gen_up.entry(dev.into()).or_insert(0);
+            *up += 1 + self.rng.below(3) as u32;
+            b.set_fcnt(dev, *up);
+            if self.rng.percent(30) {
+                let down = m.gen_down.entry(dev.into()).or_insert(0);
+                *down += 1 + self.rng.below(2) as u32;
+                b.set_fcnt_down(dev, *down);
+            }
+            if self.rng.percent(8) {
+                m.gen_session += 1;
+                let sess = StoredSession {
+                    dev_addr: DevAddr(m.gen_session),
+                    nwk_s_key: Key128::new([1; 16]),
+                    app_s_key: Key128::new([2; 16]),
+                };
+                b.set_session(dev, &sess);
+            }
+            if self.rng.percent(8) {
+                m.gen_nonce += 1;
+                b.add_dev_nonce(Eui64(7), m.gen_nonce);
+            }
+            if self.rng.percent(5) {
+                m.gen_join += 1;
+                b.set_join_nonce(m.gen_join);
+            }
+            kv.extend(b.kv.iter().cloned());
+            let rep = match commit_tracked(s, m, b, &seqs)? {
+                Some(r) => r,
+                None => return Ok(false),
+            };
+            m.committed.extend(seqs.iter().copied());
+            m.pending.push(kv);
+            self.log.push(format!("commit {seqs:?} dropped {rep:?}"));
+            if self.rng.percent(80) {
+                if s.flush_blocking().is_err() {
+                    return Ok(false);
+                }
+                self.log.push("flush".into());
+                m.flushed();
+            }
+        } else if r < 55 {
+            if s.flush_blocking().is_err() {
+                return Ok(false);
+            }
+            self.log.push("flush".into());
+            m.flushed();
+        } else if r < 72 {
+            // A reader (the uplink): sees only durable records; acknowledges some.
+            let from = if self.rng.percent(50) { 0 } else { m.seen.iter().next_back().map_or(0, |s| s + 1) };
+            let got = s.read_range(from, u64::MAX, 64, |_| true).map_err(|e| format!("read failed: {e}"))?;
+            let wm = s.max_committed();
+            for r in &got {
+                if !m.durable.contains(&r.seq) {
+                    return Err(format!("a reader saw seq {} before it was flushed (watermark {wm})", r.seq));
+                }
+                if m.payloads.get(&r.seq).is_some_and(|(t, p)| *t != r.topic_suffix || *p != r.payload) {
+                    return Err(format!("seq {} read back different from what was committed", r.seq));
+                }
+                m.seen.insert(r.seq);
+            }
+            self.log.push(format!("read {:?}", got.iter().map(|r| r.seq).collect::<Vec<_>>()));
+            // Published now: some PUBACKs come at once, some later (after more commits, drops and
+            // housekeeping, as on a slow connection).
+            let mut acks: Vec<u64> = Vec::new();
+            for r in &got {
+                match self.rng.below(10) {
+                    0..=3 => acks.push(r.seq),
+                    4..=6 => m.inflight.push(r.seq),
+                    _ => {}
+                }
+            }
+            if self.rng.percent(50) {
+                acks.append(&mut m.inflight);
+            }
+            if !acks.is_empty() {
+                s.ack(&acks).map_err(|e| format!("ack failed: {e}"))?;
+                m.acked.extend(acks.iter().copied());
+                self.log.push(format!("ack {acks:?}"));
+            }
+        } else if r < 90 {
+            // Housekeeping; sometimes a drop episode ends (as if it had been quiet for long).
+            if self.rng.percent(30) {
+                if let Some(ep) = s.lock().episode.as_mut() {
+                    ep.last_drop -= EPISODE_QUIET;
+                }
+            }
+            let before = all_unacked(s);
+            let a = match s.maintain() {
+                Ok(a) => a,
+                Err(_) => return Ok(false),
+            };
+            if self.fs.crashed() {
+                return Ok(false);
+            }
+            let after = all_unacked(s);
+            if let Some(q) = before.iter().find(|q| !after.contains(q) && !m.acked.contains(q)) {
+                return Err(format!("housekeeping removed seq {q}, which was neither acked nor dropped"));
+            }
+            self.log.push("maintain".into());
+            if let Some(a) = a {
+                let seq = s.allocate_seq();
+                let rec = a.into_record(seq);
+                let j: serde_json::Value = serde_json::from_slice(&rec.payload).map_err(|e| e.to_string())?;
+                if j["event"] != "buffer_dropped" || j["seq"] != seq {
+                    return Err(format!("a bad announcement: {j}"));
+                }
+                m.payloads.insert(seq, (rec.topic_suffix.clone(), rec.payload.clone()));
+                let mut b = Batch::default();
+                b.push_record(rec);
+                if commit_tracked(s, m, b, &[seq])?.is_none() {
+                    return Ok(false);
+                }
+                m.committed.insert(seq);
+                m.pending.push(Vec::new());
+                self.log.push(format!("announce {seq}"));
+            }
+        } else {
+            // State copied into sled (sometimes made durable there).
+            let sync = self.rng.percent(50);
+            let mut st = s.lock();
+            if s.apply_to_sled(&mut st, sync).is_err() {
+                return Ok(false);
+            }
+            self.log.push(format!("sled apply sync={sync}"));
+        }
+        Ok(!self.fs.crashed())
+    }
+
+    /// After a cut: reopen, check every promise, and bring the model up to date.
+    fn check(&mut self, s: &Store) -> Check {
+        let m = &mut self.m;
+        let present: BTreeMap<u64, Record> = s
+            .read_from(0, usize::MAX)
+            .map_err(|e| format!("reading the outbox after reopening: {e}"))?
+            .into_iter()
+            .map(|r| (r.seq, r))
+            .collect();
+        if let Some(q) = m.must_survive().find(|q| !present.contains_key(q)) {
+            let how = if m.seen.contains(&q) { "seen by a reader" } else { "flushed" };
+            return Err(format!("seq {q} ({how}, neither acked nor dropped) is lost after the cut"));
+        }
+        for (seq, r) in &present {
+            match m.payloads.get(seq) {
+                Some((t, p)) if *t == r.topic_suffix && *p == r.payload => {}
+                Some(_) => return Err(format!("seq {seq} came back different")),
+                None => return Err(format!("seq {seq} came back but was never committed")),
+            }
+        }
+        let highest_seen = m.seen.iter().next_back().copied().unwrap_or(0);
+        let highest_durable = m.durable.iter().next_back().copied().unwrap_or(0);
+        let highest_present = present.keys().next_back().copied().unwrap_or(0);
+        let next = s.next_seq();
+        if next <= highest_seen.max(highest_durable).max(highest_present) {
+            return Err(format!(
+                "next seq {next} would hand out a seq again (seen up to {highest_seen}, flushed up to \
+                 {highest_durable}, present up to {highest_present})"
+            ));
+        }
+        let fmax = |m: &HashMap<String, u32>, d: &str| m.get(d).copied().unwrap_or(0);
+        let up = s.fcnts().map_err(|e| e.to_string())?;
+        let down = s.fcnts_down().map_err(|e| e.to_string())?;
+        for d in DEVICES {
+            let (got, want, gen) = (fmax(&up, d), fmax(&m.fcnt_up, d), fmax(&m.gen_up, d));
+            if got < want || got > gen {
+                return Err(format!("FCntUp of {d} is {got} after the cut; flushed {want}, committed up to {gen}"));
+            }
+            let (got, want, gen) = (fmax(&down, d), fmax(&m.fcnt_down, d), fmax(&m.gen_down, d));
+            if got < want || got > gen {
+                return Err(format!("FCntDown of {d} is {got} after the cut; flushed {want}, committed up to {gen}"));
+            }
+        }
+        let jn = s.join_nonce().map_err(|e| e.to_string())?;
+        if jn < m.join_nonce || jn > m.gen_join {
+            return Err(format!("JoinNonce is {jn} after the cut; flushed {}", m.join_nonce));
+        }
+        let nonces: BTreeSet<(u64, u16)> = s
+            .dev_nonces()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .flat_map(|(e, ns)| ns.into_iter().map(move |n| (e.0, n)))
+            .collect();
+        if let Some(n) = m.nonces.iter().find(|n| !nonces.contains(n)) {
+            return Err(format!("DevNonce {n:?} was flushed but is forgotten after the cut"));
+        }
+        let sessions = s.sessions().map_err(|e| e.to_string())?;
+        for (d, a) in &m.sessions {
+            let got = sessions.get(d).map(|x| x.dev_addr.0).unwrap_or(0);
+            if got < u32::from_be_bytes(*a) {
+                return Err(format!("the session of {d} went back after the cut"));
+            }
+        }
+        // What survived is durable now (the store syncs what it finds at open).
+        m.durable.extend(present.keys().copied());
+        m.committed.clear();
+        m.pending.clear();
+        m.inflight.clear();
+        for d in DEVICES {
+            m.fcnt_up.insert(d.into(), fmax(&up, d));
+            m.fcnt_down.insert(d.into(), fmax(&down, d));
+            // Generators continue from what is there (a device never goes below its last value).
+            let g = m.gen_up.entry(d.into()).or_insert(0);
+            *g = (*g).max(fmax(&up, d));
+        }
+        m.join_nonce = jn;
+        m.nonces = nonces;
+        for (d, x) in sessions {
+            m.sessions.insert(d, x.dev_addr.0.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    /// Runs `cuts` power cuts on one store.
+    fn run(&mut self, cuts: u64) -> Check {
+        let mut s = self.open().map_err(|e| self.fail(e))?;
+        while self.cuts < cuts {
+            // Cut within the next few hundred file operations (sometimes at once, during the open
+            // that follows the last cut's checks).
+            let span = if self.rng.percent(10) { 8 } else { 300 };
+            let n = 1 + self.rng.below(span);
+            self.fs.cut_after(n);
+            self.log.push(format!("-- cut after {n} ops"));
+            let mut steps = 0;
+            loop {
+                let r = self.step(&s);
+                if std::env::var("DG_POWERCUT_VERBOSE").is_ok() && !self.fs.crashed() {
+                    counts_agree(&s).map_err(|e| self.fail(e))?;
+                    let now = all_unacked(&s);
+                    if let Some(q) = self.m.must_survive().find(|q| !now.contains(q)) {
+                        return Err(self.fail(format!("seq {q} left the outbox in memory")));
+                    }
+                }
+                match r {
+                    Ok(true) if steps < 5_000 => steps += 1,
+                    Ok(_) => break,
+                    Err(e) => return Err(self.fail(e)),
+                }
+            }
+            let pre = all_unacked(&s);
+            drop(s);
+            self.cuts += 1;
+            let mut rng = Rng(self.rng.next());
+            self.fs.power_cut(&self.path(), &mut |n| rng.below(n)).map_err(|e| self.fail(e.to_string()))?;
+            // The reopen itself may be cut (sometimes): then it is cut and reopened again.
+            if self.rng.percent(10) {
+                self.fs.cut_after(1 + self.rng.below(6));
+                if let Ok(s) = self.open() {
+                    drop(s);
+                }
+                let mut rng = Rng(self.rng.next());
+                self.fs.power_cut(&self.path(), &mut |n| rng.below(n)).map_err(|e| self.fail(e.to_string()))?;
+                // Nothing was promised during that open; what it carried over must still hold.
+            }
+            s = self.open().map_err(|e| self.fail(e))?;
+            self.log.push("-- reopened".into());
+            self.check(&s).map_err(|e| {
+                let verbose = std::env::var("DG_POWERCUT_VERBOSE").is_ok();
+                let e = if verbose { format!("{e}; in the outbox before the cut: {pre:?}") } else { e };
+                self.fail(e)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+/// Cuts per store (a run); runs are independent, seeded from the base seed.
+const CUTS_PER_RUN: u64 = 40;
+
+#[test]
+fn power_cuts_lose_nothing_promised() {
+    if let Some(seed) = env_u64("DG_POWERCUT_RUN_SEED") {
+        let mut run = Run::new(seed);
+        if let Err(e) = run.run(env_u64("DG_POWERCUT_CUTS").unwrap_or(CUTS_PER_RUN)) {
+            panic!("{e}");
+        }
+        return;
+    }
+    let total = env_u64("DG_POWERCUT_CUTS").unwrap_or(5_000);
+    let base = env_u64("DG_POWERCUT_SEED").unwrap_or(0x15_D15C);
+    let runs = total.div_ceil(CUTS_PER_RUN);
+    let started = std::time::Instant::now();
+    let failures = std::sync::Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        for _ in 0..2 {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= runs {
+                    break;
+                }
+                let seed = Rng(base ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D)).next();
+                let cuts = CUTS_PER_RUN.min(total - i * CUTS_PER_RUN);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Run::new(seed).run(cuts)));
+                let r = r.unwrap_or_else(|_| Err(format!("panicked: run seed {seed} (DG_POWERCUT_RUN_SEED={seed})")));
+                if let Err(e) = r {
+                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    eprintln!("power-cut test: {total} cuts in {runs} runs (base seed {base}), {:.1?}", started.elapsed());
+    assert!(failures.is_empty(), "{} of {runs} runs failed; the first:\n{}", failures.len(), failures[0]);
+}
