@@ -61,7 +61,7 @@ fn encode_record(rec: &SessionRecord) -> Vec<u8> {
     v
 }
 
-fn decode_record(v: &[u8]) -> Option<SessionRecord> {
+pub(super) fn decode_record(v: &[u8]) -> Option<SessionRecord> {
     let mut r = Reader::new(v);
     if v.len() == LEGACY_LEN {
         return Some(SessionRecord { current: Some(get_session(&mut r)?), retired: Vec::new() });

@@ -91,8 +91,8 @@ impl Model {
         } else if k.starts_with(FCNT_DOWN_PREFIX) {
             self.fcnt_down.insert(name(FCNT_DOWN_PREFIX), u32v());
         } else if k.starts_with(SESSION_PREFIX) {
-            if let Some(a) = v.get(0..4).and_then(|a| <[u8; 4]>::try_from(a).ok()) {
-                self.sessions.insert(name(SESSION_PREFIX), a);
+            if let Some(c) = super::device_state::decode_record(v).and_then(|r| r.current) {
+                self.sessions.insert(name(SESSION_PREFIX), c.dev_addr.0.to_be_bytes());
             }
         } else if k.starts_with(NONCE_PREFIX) {
             let rest = &k[NONCE_PREFIX.len()..];
@@ -281,12 +281,15 @@ impl Run {
             }
             if self.rng.percent(8) {
                 m.gen_session += 1;
-                let sess = StoredSession {
-                    dev_addr: DevAddr(m.gen_session),
-                    nwk_s_key: Key128::new([1; 16]),
-                    app_s_key: Key128::new([2; 16]),
+                let sess = crate::lorawan::lifecycle::SessionRecord {
+                    current: Some(crate::lorawan::lifecycle::SessionId {
+                        dev_addr: crate::keys::DevAddr(m.gen_session),
+                        nwk_s_key: crate::keys::Key128::new([1; 16]),
+                        app_s_key: crate::keys::Key128::new([2; 16]),
+                    }),
+                    retired: Vec::new(),
                 };
-                b.set_session(dev, &sess);
+                b.set_session_record(dev, &sess);
             }
             if self.rng.percent(8) {
                 m.gen_nonce += 1;
@@ -455,9 +458,14 @@ impl Run {
         if let Some(n) = m.nonces.iter().find(|n| !nonces.contains(n)) {
             return Err(format!("DevNonce {n:?} was flushed but is forgotten after the cut"));
         }
-        let sessions = s.sessions().map_err(|e| e.to_string())?;
+        let sessions: HashMap<String, u32> = s
+            .session_records()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter_map(|(d, r)| Some((d, r.current?.dev_addr.0)))
+            .collect();
         for (d, a) in &m.sessions {
-            let got = sessions.get(d).map(|x| x.dev_addr.0).unwrap_or(0);
+            let got = sessions.get(d).copied().unwrap_or(0);
             if got < u32::from_be_bytes(*a) {
                 return Err(format!("the session of {d} went back after the cut"));
             }
@@ -477,7 +485,7 @@ impl Run {
         m.join_nonce = jn;
         m.nonces = nonces;
         for (d, x) in sessions {
-            m.sessions.insert(d, x.dev_addr.0.to_be_bytes());
+            m.sessions.insert(d, x.to_be_bytes());
         }
         Ok(())
     }
