@@ -108,21 +108,24 @@ fn push_ack_is_sent_only_after_the_journal_fsync() {
     // Hold every fsync, then send the frame under test.
     gate.set_hold(true);
     let fsyncs_before = store.stats().fsyncs.load(Ordering::SeqCst);
-    let committed_before = store.max_committed();
+    let durable_before = store.max_committed();
+    let seq_before = store.next_seq();
     push(&socket, gwmp, 2, dev.uplink(b"must be on disk before the ACK"));
 
-    // 1. The frame is committed and its fsync requested (and held).
-    let committed = wait_until(Duration::from_secs(20), || store.max_committed() > committed_before);
+    // 1. The frame got its seq and its fsync was requested (and is held).
+    let allocated = wait_until(Duration::from_secs(20), || store.next_seq() > seq_before);
     let requested = wait_until(Duration::from_secs(20), || gate.reached() > 0);
-    if !(committed && requested) {
+    if !(allocated && requested) {
         gate.set_hold(false);
-        panic!("the frame was not committed ({committed}) or no fsync was requested ({requested})");
+        panic!("the frame got no seq ({allocated}) or no fsync was requested ({requested})");
     }
-    // 2. No PUSH_ACK while the fsync is held back.
+    // 2. No PUSH_ACK while the fsync is held back, and nothing readable for the uplink either.
     let early = ack_within(&socket, 2, Duration::from_millis(1500));
     let fsyncs_held = store.stats().fsyncs.load(Ordering::SeqCst);
+    let durable_held = store.max_committed();
     gate.set_hold(false);
     assert_eq!(fsyncs_held, fsyncs_before, "an fsync completed although the gate held it");
+    assert_eq!(durable_held, durable_before, "the uplink could read a record that was not fsynced yet");
     assert!(
         !early,
         "PUSH_ACK arrived for a frame that was committed but not yet fsynced (the test held the fsync): \
@@ -134,6 +137,7 @@ fn push_ack_is_sent_only_after_the_journal_fsync() {
         store.stats().fsyncs.load(Ordering::SeqCst) > fsyncs_before,
         "PUSH_ACK without an fsync after the frame's commit"
     );
+    assert!(store.max_committed() > durable_before, "after the fsync the record is readable for the uplink");
 
     district_gateway::test_hooks::set_before_fsync(None);
     rt.block_on(daemon.stop());
