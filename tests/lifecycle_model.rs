@@ -13,7 +13,7 @@
 //! followed by a restart must not refuse FCnt 0), and a class C device heard before is reachable
 //! after a restart, through the gateway that heard it last.
 //!
-//! `DG_MODEL_CASES` sets the number of sequences (default 160; each has up to 60 steps).
+//! `DG_MODEL_CASES` sets the number of sequences (default 500; each has up to 60 steps).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -434,7 +434,7 @@ fn uplink(addr: DevAddr, keys: &(Key128, Key128), f_cnt: u32, confirmed: bool) -
 }
 
 fn cases() -> u32 {
-    std::env::var("DG_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(160)
+    std::env::var("DG_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(500)
 }
 
 #[test]

@@ -609,7 +609,26 @@ enum SledOpen {
     Failed(StoreError),
 }
 
+/// How long an open waits for sled's lock: the previous store of this process (a reload, a restart
+/// in tests) releases it only when sled's background threads have ended, shortly after the drop.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// [`open_sled_once`], waiting (bounded) while another instance still holds the database's lock.
 fn open_sled(dir: &Path, cache_bytes: u64, fs: &dyn Fs) -> SledOpen {
+    let start = Instant::now();
+    loop {
+        match open_sled_once(dir, cache_bytes, fs) {
+            SledOpen::Failed(StoreError::Open { source, .. })
+                if source.to_string().contains("could not acquire lock") && start.elapsed() < SLED_LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_sled_once(dir: &Path, cache_bytes: u64, fs: &dyn Fs) -> SledOpen {
     let marker_exists = fs.exists(&dir.join(MARKER));
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let db = sled::Config::new()
