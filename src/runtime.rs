@@ -167,7 +167,7 @@ impl Daemon {
                 ..crate::store::StoreOptions::from_config(config)
             },
         )?;
-        let (config, quarantined) = with_remote_devices(config, &store)?;
+        let (config, remote, quarantined) = with_remote_devices(config, &store)?;
         let config = &config;
         let health = crate::ops::health::Health::new(Duration::from_secs(10));
         let commands = Arc::new(crate::ops::commands::CommandCounts::default());
@@ -181,7 +181,7 @@ impl Daemon {
         let journaled = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
 
-        let (ns, quarantined) = build_network_server(config, &store, quarantined)?;
+        let (ns, quarantined) = build_network_server(config, &store, &remote, quarantined)?;
         let (tx, rx) = mpsc::channel::<IngestRequest>(1024);
         let (control_tx, control_rx) = mpsc::channel::<Control>(256);
 
@@ -363,14 +363,20 @@ pub struct Quarantined {
 /// applied on top: remote changes survive restarts and win over the file until the file changes them.
 /// A remote device that cannot be read is quarantined (kept in the store, not used, reported): a
 /// start never fails because of one.
-fn with_remote_devices(config: &Config, store: &Store) -> anyhow::Result<(Config, Vec<Quarantined>)> {
+/// Also returns the names of the devices that came from the store.
+fn with_remote_devices(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<(Config, std::collections::HashSet<String>, Vec<Quarantined>)> {
     let mut c = config.clone();
+    let mut remote = std::collections::HashSet::new();
     let mut quarantined = Vec::new();
     for (name, json) in store.remote_devices()? {
         c.device.retain(|d| d.name != name);
         if json.is_empty() {
             continue; // removed remotely
         }
+        remote.insert(name.clone());
         // Only the position of a JSON error: serde's messages can quote values, and this JSON holds keys.
         let parsed = serde_json::from_slice::<crate::config::DeviceConfig>(&json)
             .map_err(|e| format!("stored device unreadable (line {}, column {})", e.line(), e.column()))
@@ -380,7 +386,7 @@ fn with_remote_devices(config: &Config, store: &Store) -> anyhow::Result<(Config
             Err(reason) => quarantined.push(Quarantined { device: name, reason }),
         }
     }
-    Ok((c, quarantined))
+    Ok((c, remote, quarantined))
 }
 
 fn metrics_fn(
@@ -541,10 +547,9 @@ fn restrict_permissions(dir: &Path) {
 fn build_network_server(
     config: &Config,
     store: &Store,
+    remote: &std::collections::HashSet<String>,
     mut quarantined: Vec<Quarantined>,
 ) -> anyhow::Result<(NetworkServer, Vec<Quarantined>)> {
-    let remote: std::collections::HashSet<String> =
-        store.remote_devices()?.into_iter().filter(|(_, j)| !j.is_empty()).map(|(n, _)| n).collect();
     let l = &config.lorawan;
     let net_id = NetId::from_hex(&l.net_id).map_err(|e| anyhow::anyhow!("lorawan.net_id: {e}"))?;
     let rx = RxSettings {
