@@ -55,9 +55,8 @@ for t in "${triples[@]}"; do
     [ -e "/usr/$p/include/stdio.h" ] || need_pkgs+=("libc6-dev-$(deb_arch "$t")-cross")
     if [ "$t" = armv7-unknown-linux-gnueabihf ]; then
         # rquickjs has no pre-generated bindings for 32-bit Arm: bindgen needs libclang.
-        grep -q 'features = \["parallel", "bindgen"\]' Cargo.toml || {
-            echo "build-arm: armhf needs rquickjs's bindgen feature for target_arch = \"arm\" in Cargo.toml" \
-                "(end of packaging/cargo-deb-metadata.toml)" >&2
+        grep -q 'features = \["parallel", "bindgen"\]' crates/core/Cargo.toml || {
+            echo "build-arm: armhf needs rquickjs's bindgen feature for target_arch = \"arm\" in crates/core/Cargo.toml" >&2
             exit 1
         }
         dpkg-query -W -f='${db:Status-Status}' libclang-dev 2>/dev/null | grep -qx installed || need_pkgs+=(libclang-dev)

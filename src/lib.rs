@@ -1,29 +1,17 @@
-//! district-gateway: one daemon per district gateway. See ARCHITECTURE.md for the map.
-//!
-//! Pure core (no tokio, sled, rppal, sockets or clock): `keys`, `lorawan`, `reading`, `ingest`,
-//! `config`. The shell: `io` (sources and the MQTT uplink), `store` (sled), `ops`, `runtime`, `sim`.
+//! district-gateway, the shell: configuration, the store, the I/O sources, MQTT, the ops HTTP server,
+//! the runtime that wires them, and the simulator. Every decision is made by the pure core, the
+//! `district-core` crate, whose modules are re-exported here under their old paths
+//! (`crate::lorawan`, `crate::netserver`, ...). See ARCHITECTURE.md for the map.
 
-pub mod aggregate;
+pub use district_core::{aggregate, control, decode, events, ingest, keys, loops, lorawan, meter, netserver, reading};
+
 pub mod clock;
 pub mod config;
-pub mod control;
-pub mod decode;
-pub mod events;
-pub mod ingest;
 pub mod io;
-pub mod keys;
-pub mod loops;
-pub mod lorawan;
-pub mod meter;
-pub mod netserver;
 pub mod ns_store;
 pub mod ops;
-pub mod reading;
 pub mod runtime;
 pub mod sim;
 pub mod store;
 #[doc(hidden)]
 pub mod test_hooks;
-
-#[cfg(test)]
-mod test_support;

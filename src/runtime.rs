@@ -17,14 +17,13 @@ use tokio::task::JoinSet;
 
 use crate::config::{Activation, Config, SourceConfig};
 use crate::ingest::RadioFrame;
-use crate::io::gwmp::packet::TxPk;
 use crate::io::sml::MeterSample;
 use crate::io::status::SourceStatus;
 use crate::io::{gwmp, mqtt, serial_lora, sml, sx127x};
 use crate::keys::Eui64;
 use crate::lorawan::downlink::{DeviceClass, QueueConfig};
 use crate::lorawan::join::{JoinConfig, NetId};
-use crate::lorawan::region::RxSettings;
+use crate::lorawan::region::{RxSettings, TxParams};
 use crate::lorawan::UplinkError;
 use crate::netserver::{DeviceInfo, NetworkServer, Note, NsConfig, Outcome, Output, Provisioning};
 use crate::ops::counters::Counters;
@@ -113,7 +112,9 @@ pub struct SourceDownlink {
     pub gateway: Eui64,
     pub device: String,
     pub f_cnt_down: Option<u32>,
-    pub txpk: TxPk,
+    /// How to transmit it; each source converts it at its own edge (gwmp: `TxPk`, SX127x: `TxRequest`).
+    pub params: TxParams,
+    pub phy: Vec<u8>,
 }
 
 /// Sled's page cache: small, a Raspberry Pi has little RAM to spare.
@@ -518,8 +519,8 @@ async fn forward_samples(mut rx: mpsc::Receiver<MeterSample>, pipeline: mpsc::Se
 /// Downlinks for a source with an SX127x: sent by the same chip (class C on RX2 parameters).
 async fn forward_downlinks_to_chip(mut rx: mpsc::Receiver<SourceDownlink>, chip: mpsc::Sender<sx127x::TxRequest>) {
     while let Some(d) = rx.recv().await {
-        let t = &d.txpk;
-        if chip.send(sx127x::TxRequest::downlink(t.data.clone(), t.freq_hz, t.sf, t.bw_khz)).await.is_err() {
+        let p = &d.params;
+        if chip.send(sx127x::TxRequest::downlink(d.phy, p.freq_hz, p.sf, p.bw_khz)).await.is_err() {
             break;
         }
     }
@@ -658,7 +659,7 @@ type Relays = std::collections::HashMap<u32, crate::io::gpio::Relay<Box<dyn crat
 /// and a config that needs them fails to start elsewhere, saying so).
 fn build_loops(config: &Config, hardware: &Hardware) -> anyhow::Result<(crate::loops::Loops, Relays)> {
     let now = crate::clock::now();
-    let loops = crate::loops::Loops::new(config, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loops = crate::loops::Loops::new(&config.loops_setup(), now).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut relays = Relays::new();
     if let Some(dr) = &config.demand_response {
         for load in &dr.load {
@@ -1166,8 +1167,13 @@ impl Pipeline {
             self.journaled.notify_one();
         }
         for d in out.downlinks {
-            let sd =
-                SourceDownlink { gateway: d.origin.gateway, device: d.device, f_cnt_down: d.f_cnt_down, txpk: d.txpk };
+            let sd = SourceDownlink {
+                gateway: d.origin.gateway,
+                device: d.device,
+                f_cnt_down: d.f_cnt_down,
+                params: d.params,
+                phy: d.phy,
+            };
             match self.downlinks.get(d.origin.source) {
                 Some(tx) if tx.try_send(sd).is_ok() => {}
                 _ => {

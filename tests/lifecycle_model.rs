@@ -211,8 +211,7 @@ impl World {
                 continue;
             }
             DOWNLINKS.fetch_add(1, Ordering::Relaxed);
-            let opened =
-                self.model.keys.iter().find_map(|(n, a)| open_downlink(&d.txpk.data, n, a).ok().map(|o| (*n, o)));
+            let opened = self.model.keys.iter().find_map(|(n, a)| open_downlink(&d.phy, n, a).ok().map(|o| (*n, o)));
             let (nwk, dl) = opened.expect("every downlink opens with a key the gateway issued");
             assert_eq!(Some(dl.f_cnt_down), d.f_cnt_down);
             assert!(
@@ -375,8 +374,7 @@ impl World {
                 let phy = build_join_request(JOIN_EUI, DEV_EUI, &app_key(), nonce);
                 let frame = self.frame(phy, gateway);
                 let (outcome, out) = self.ns.handle_frame(self.now(), self.now_ms, &frame);
-                let accept =
-                    out.downlinks.iter().find(|d| d.kind == DownlinkKind::JoinAccept).map(|d| d.txpk.data.clone());
+                let accept = out.downlinks.iter().find(|d| d.kind == DownlinkKind::JoinAccept).map(|d| d.phy.clone());
                 let present = self.model.present.contains(OTAA);
                 match (&outcome, accept) {
                     (Outcome::Joined { .. }, Some(phy)) => {

@@ -13,6 +13,8 @@
 //! referenced files exist. Serial ports are deliberately not checked (adapters come and go).
 
 mod collect;
+mod keypath;
+pub mod radio;
 pub mod problem;
 pub mod schema;
 mod spans;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::spans::KeyPath;
+use super::keypath::KeyPath;
 
 /// One problem, displayed as `FILE:LINE:COL: key.path: problem`.
 ///

@@ -54,6 +54,29 @@ impl Config {
     pub fn resolve_path(&self, path: &std::path::Path) -> PathBuf {
         self.base_dir.join(path)
     }
+
+    /// The parts of this configuration the control loops are built from.
+    pub fn loops_setup(&self) -> crate::loops::LoopsSetup {
+        crate::loops::LoopsSetup {
+            gateway_id: self.gateway.id.clone(),
+            latitude: self.gateway.latitude,
+            longitude: self.gateway.longitude,
+            aggregate_window_s: self.publish.aggregates.then_some(self.aggregate.window_s),
+            devices: self
+                .device
+                .iter()
+                .map(|d| crate::loops::LoopDevice {
+                    name: d.name.clone(),
+                    profile: d.profile.clone(),
+                    container: d.container,
+                    tree: d.tree,
+                    max_silence_s: d.max_silence_s,
+                })
+                .collect(),
+            lighting_zones: self.lighting.zone.clone(),
+            demand_response: self.demand_response.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -334,10 +357,10 @@ pub enum SourceConfig {
     Gwmp(GwmpSource),
     Sml(SmlSource),
     /// An SX1276/77/78/79 on the gateway's SPI bus.
-    Sx127x(crate::io::sx127x::Sx127xConfig),
+    Sx127x(super::radio::Sx127xConfig),
     /// A serial LoRa module (RAK3172 or RN2483) in P2P receive mode.
     #[serde(rename = "serial_lora")]
-    SerialLora(crate::io::serial_lora::SerialLoraConfig),
+    SerialLora(super::radio::SerialLoraConfig),
 }
 
 impl SourceConfig {

@@ -1,7 +1,7 @@
 //! Operations: counters, logging (later: remote commands, metrics HTTP, systemd).
 
 pub mod board;
-pub mod commands;
+pub use district_core::commands;
 pub mod counters;
 pub mod executor;
 pub mod health;

@@ -5,7 +5,7 @@
 pub mod broker;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod frames;
+pub use district_core::device_frames as frames;
 pub mod payloads;
 pub mod simulate;
 

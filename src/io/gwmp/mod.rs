@@ -73,9 +73,9 @@ pub async fn run(name: String, index: usize, socket: UdpSocket, mut w: Wiring) {
                 };
                 next_token = next_token.wrapping_add(1);
                 let token = next_token.to_le_bytes();
-                send(&socket, &packet::build_txpk_pull_resp(2, token, &d.txpk), to).await;
+                send(&socket, &packet::build_txpk_pull_resp(2, token, &packet::TxPk::from_params(&d.params, d.phy.clone())), to).await;
                 Counters::inc(&counters.downlinks_sent);
-                tracing::debug!(source = %name, device = %d.device, f_cnt_down = ?d.f_cnt_down, imme = d.txpk.imme, "downlink sent");
+                tracing::debug!(source = %name, device = %d.device, f_cnt_down = ?d.f_cnt_down, imme = d.params.imme, "downlink sent");
                 pending_tx.insert(token, (d.device, d.f_cnt_down));
                 pending_order.push_back(token);
                 if pending_order.len() > MAX_PENDING_TX {

@@ -25,6 +25,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use crate::keys::Eui64;
+use crate::lorawan::region::TxParams;
 
 pub const PUSH_DATA: u8 = 0x00;
 pub const PUSH_ACK: u8 = 0x01;
@@ -473,6 +474,11 @@ impl TxPk {
         TxPk { imme, tmst, freq_hz, rfch: 0, powe, sf, bw_khz, codr: "4/5".into(), ipol: true, data }
     }
 
+    /// The core's downlink at this protocol's edge: how to send it (`params`) and the PHYPayload.
+    pub fn from_params(p: &TxParams, phy: Vec<u8>) -> Self {
+        TxPk::lorawan(p.imme, p.tmst, p.freq_hz, p.power_dbm, p.sf, p.bw_khz, phy)
+    }
+
     /// The `{"txpk": {...}}` object of the Semtech protocol. `freq` is in MHz with Hz precision (the
     /// shortest decimal that reads back to the same Hz), `ncrc` is set (LoRaWAN downlinks carry no payload
     /// CRC).
@@ -863,6 +869,28 @@ mod tests {
             }
             let _ = parse(&d);
         }
+    }
+
+    #[test]
+    fn a_core_downlink_becomes_a_txpk_at_this_edge() {
+        use crate::lorawan::region::Window;
+        let p = TxParams {
+            window: Window::ClassC,
+            imme: true,
+            tmst: None,
+            freq_hz: 869_525_000,
+            power_dbm: 27,
+            dr: 0,
+            sf: 12,
+            bw_khz: 125,
+            delay: std::time::Duration::ZERO,
+        };
+        let t = TxPk::from_params(&p, vec![1, 2]);
+        assert_eq!(
+            (t.imme, t.tmst, t.freq_hz, t.powe, t.sf, t.bw_khz, &t.data[..]),
+            (true, None, 869_525_000, 27, 12, 125, &[1u8, 2][..])
+        );
+        assert_eq!(t.to_json()["txpk"]["datr"], "SF12BW125");
     }
 
     #[test]

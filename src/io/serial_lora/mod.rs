@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -30,14 +29,8 @@ use crate::io::status::{self, Backoff, SourceStatus};
 use lines::LineBuffer;
 use protocol::{judge, Capture, Line, Step, Verdict};
 
+pub use crate::config::radio::{ModuleKind, SerialLoraConfig};
 pub use crate::io::status::{SourceState, StatusSnapshot};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModuleKind {
-    Rak3172,
-    Rn2483,
-}
 
 impl ModuleKind {
     pub fn as_str(self) -> &'static str {
@@ -103,108 +96,7 @@ pub struct RadioSettings {
     pub tx_power_dbm: i8,
 }
 
-/// `[[source]] type = "serial_lora"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SerialLoraConfig {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    /// Serial device; prefer a stable /dev/serial/by-id/... link. Not checked for existence.
-    pub port: PathBuf,
-    pub module: ModuleKind,
-    /// Default: 115200 for the RAK3172, 57600 for the RN2483.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baud: Option<u32>,
-    #[serde(default = "default_freq")]
-    pub freq_hz: u64,
-    #[serde(default = "default_sf")]
-    pub sf: u8,
-    #[serde(default = "default_bw")]
-    pub bw_khz: u32,
-    /// Coding rate 4/`cr` (5..=8).
-    #[serde(default = "default_cr")]
-    pub cr: u8,
-    #[serde(default = "default_sync")]
-    pub sync_word: u8,
-    #[serde(default = "default_preamble")]
-    pub preamble_len: u16,
-    #[serde(default = "default_power")]
-    pub tx_power_dbm: i8,
-    /// How long a reply may take.
-    #[serde(default = "default_reply_timeout")]
-    pub reply_timeout_ms: u64,
-    /// After this long without a line from the module, it is probed; no answer = re-init.
-    #[serde(default = "default_idle_probe")]
-    pub idle_probe_ms: u64,
-    /// While the device node is missing, how often to look for it.
-    #[serde(default = "default_device_poll")]
-    pub device_poll_ms: u64,
-    #[serde(default = "default_backoff_min")]
-    pub backoff_min_ms: u64,
-    #[serde(default = "default_backoff_max")]
-    pub backoff_max_ms: u64,
-}
-
-fn default_freq() -> u64 {
-    868_100_000
-}
-fn default_sf() -> u8 {
-    7
-}
-fn default_bw() -> u32 {
-    125
-}
-fn default_cr() -> u8 {
-    5
-}
-fn default_sync() -> u8 {
-    0x34
-}
-fn default_preamble() -> u16 {
-    8
-}
-fn default_power() -> i8 {
-    14
-}
-fn default_reply_timeout() -> u64 {
-    2_000
-}
-fn default_idle_probe() -> u64 {
-    60_000
-}
-fn default_device_poll() -> u64 {
-    1_000
-}
-fn default_backoff_min() -> u64 {
-    1_000
-}
-fn default_backoff_max() -> u64 {
-    60_000
-}
-
 impl SerialLoraConfig {
-    /// A config with every default for `port` and `module`.
-    pub fn new(port: impl Into<PathBuf>, module: ModuleKind) -> Self {
-        SerialLoraConfig {
-            name: String::new(),
-            port: port.into(),
-            module,
-            baud: None,
-            freq_hz: default_freq(),
-            sf: default_sf(),
-            bw_khz: default_bw(),
-            cr: default_cr(),
-            sync_word: default_sync(),
-            preamble_len: default_preamble(),
-            tx_power_dbm: default_power(),
-            reply_timeout_ms: default_reply_timeout(),
-            idle_probe_ms: default_idle_probe(),
-            device_poll_ms: default_device_poll(),
-            backoff_min_ms: default_backoff_min(),
-            backoff_max_ms: default_backoff_max(),
-        }
-    }
-
     pub fn baud(&self) -> u32 {
         self.baud.unwrap_or_else(|| self.module.default_baud())
     }

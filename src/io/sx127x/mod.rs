@@ -24,7 +24,6 @@ mod tests;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ingest::RadioFrame;
@@ -32,76 +31,8 @@ use crate::ingest::RadioFrame;
 pub use crate::io::status::{Backoff, SourceState, SourceStatus, StatusSnapshot};
 pub use driver::{ChipSetup, ModemParams, RxOutcome, RxPacket, Sx127x, Sx127xError};
 pub use model::{Air, Missed, Sx127xModel, TxRecord};
+pub use crate::config::radio::Sx127xConfig;
 pub use spi::{open_rppal, HwError, Pins, RppalPins, RppalSpi, RppalWiring, SpiBus};
-
-/// `[[source]] type = "sx127x"`. Every pin is configurable; defaults fit the Dragino/Uputronics-style
-/// HATs (SPI0 CE0, NRESET on BCM 17, DIO0 on BCM 4) and EU868 channel 0 at SF7BW125.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Sx127xConfig {
-    /// Source name in status and metrics.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    pub spi_bus: u8,
-    pub spi_cs: u8,
-    pub spi_clock_hz: u32,
-    /// BCM number of the NRESET line; absent = not wired (software re-init only).
-    pub reset_pin: Option<u8>,
-    /// NRESET is active low on the bare chip; some boards invert it.
-    pub reset_active_low: bool,
-    /// BCM number of DIO0 (RxDone/TxDone).
-    pub dio0_pin: u8,
-    pub freq_hz: u64,
-    pub sf: u8,
-    pub bw_khz: u32,
-    /// Coding rate 4/`cr` (5..=8).
-    pub cr: u8,
-    /// 0x34 = LoRaWAN public network, 0x12 = private.
-    pub sync_word: u8,
-    pub preamble_len: u16,
-    /// Default transmit power for downlinks.
-    pub tx_power_dbm: i8,
-    /// Output on PA_BOOST (RFM95/96 modules) rather than RFO.
-    pub pa_boost: bool,
-    /// Downlinks with inverted IQ (LoRaWAN); false only for peer-to-peer use.
-    pub tx_invert_iq: bool,
-    /// Drop packets whose header announces no payload CRC (LoRaWAN uplinks always carry one).
-    pub require_crc: bool,
-    /// How often the chip is checked (version, mode, missed interrupts).
-    pub health_interval_ms: u64,
-    /// Packets found by polling rather than by interrupt, in a row, before the chip is re-initialised.
-    pub missed_irq_limit: u32,
-    pub backoff_min_ms: u64,
-    pub backoff_max_ms: u64,
-}
-
-impl Default for Sx127xConfig {
-    fn default() -> Self {
-        Sx127xConfig {
-            name: String::new(),
-            spi_bus: 0,
-            spi_cs: 0,
-            spi_clock_hz: 1_000_000,
-            reset_pin: Some(17),
-            reset_active_low: true,
-            dio0_pin: 4,
-            freq_hz: 868_100_000,
-            sf: 7,
-            bw_khz: 125,
-            cr: 5,
-            sync_word: regs::SYNC_WORD_LORAWAN_PUBLIC,
-            preamble_len: 8,
-            tx_power_dbm: 14,
-            pa_boost: true,
-            tx_invert_iq: true,
-            require_crc: true,
-            health_interval_ms: 5_000,
-            missed_irq_limit: 3,
-            backoff_min_ms: 1_000,
-            backoff_max_ms: 60_000,
-        }
-    }
-}
 
 impl Sx127xConfig {
     /// Problems a config has, as `key: message` strings (empty when valid).

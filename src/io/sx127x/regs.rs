@@ -117,8 +117,7 @@ pub const LF_HF_THRESHOLD_HZ: u64 = 525_000_000;
 pub const RSSI_OFFSET_HF: i32 = -157;
 pub const RSSI_OFFSET_LF: i32 = -164;
 
-/// LoRaWAN public network sync word.
-pub const SYNC_WORD_LORAWAN_PUBLIC: u8 = 0x34;
+pub use crate::config::radio::SYNC_WORD_LORAWAN_PUBLIC;
 
 /// Frf register value for a carrier frequency: Frf = f · 2^19 / Fxosc, rounded.
 pub fn frf_from_hz(hz: u64) -> u32 {

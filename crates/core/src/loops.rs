@@ -11,11 +11,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::aggregate::{AggregateWindow, Aggregator, AggregatorState};
-use crate::config::Config;
+use crate::commands::{CommandName, RefusalCode};
+use crate::control::demand::params::DemandParams;
 use crate::control::demand::{self, Demand};
+use crate::control::lighting::params::ZoneParams;
 use crate::control::lighting::{self, Lighting, Site};
-use crate::events::{presence_from, ContainerTracker, Event, EventsState, SilenceWatch, TreeTracker};
-use crate::ops::commands::{CommandName, RefusalCode};
+use crate::events::{
+    presence_from, ContainerGeometry, ContainerTracker, Event, EventsState, SilenceWatch, TreeThresholds, TreeTracker,
+};
 use crate::reading::Reading;
 
 /// The lighting loop distrusts a clock earlier than this (the release date): safe mode instead.
@@ -74,6 +77,30 @@ pub struct LoopsState {
     pub events: Option<EventsState>,
 }
 
+/// What the loops are built from: the parts of the gateway's configuration they use (the shell's
+/// `Config::loops_setup` fills it in; the core does not know the TOML file).
+#[derive(Debug, Clone, Default)]
+pub struct LoopsSetup {
+    pub gateway_id: String,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    /// `Some(window_s)` when aggregates are published.
+    pub aggregate_window_s: Option<u32>,
+    pub devices: Vec<LoopDevice>,
+    pub lighting_zones: Vec<ZoneParams>,
+    pub demand_response: Option<DemandParams>,
+}
+
+/// A device as the loops see it.
+#[derive(Debug, Clone, Default)]
+pub struct LoopDevice {
+    pub name: String,
+    pub profile: String,
+    pub container: Option<ContainerGeometry>,
+    pub tree: Option<TreeThresholds>,
+    pub max_silence_s: Option<u64>,
+}
+
 pub struct Loops {
     gateway_id: String,
     aggregate: Option<Aggregator>,
@@ -92,16 +119,15 @@ fn ms(t: DateTime<Utc>) -> i64 {
 }
 
 impl Loops {
-    pub fn new(config: &Config, now: DateTime<Utc>) -> Result<Loops, String> {
-        let aggregate = if config.publish.aggregates {
-            Some(Aggregator::new(config.aggregate.window_s).map_err(|e| format!("aggregate: {e}"))?)
-        } else {
-            None
+    pub fn new(setup: &LoopsSetup, now: DateTime<Utc>) -> Result<Loops, String> {
+        let aggregate = match setup.aggregate_window_s {
+            Some(window_s) => Some(Aggregator::new(window_s).map_err(|e| format!("aggregate: {e}"))?),
+            None => None,
         };
         let mut containers = ContainerTracker::default();
         let mut trees = TreeTracker::default();
         let mut silence = SilenceWatch::default();
-        for d in &config.device {
+        for d in &setup.devices {
             if let Some(g) = d.container {
                 containers.set_geometry(&d.name, g).map_err(|e| format!("device {}: container: {e}", d.name))?;
             }
@@ -115,35 +141,35 @@ impl Loops {
             }
         }
         let site = Site {
-            latitude: config.gateway.latitude,
-            longitude: config.gateway.longitude,
+            latitude: setup.latitude,
+            longitude: setup.longitude,
             build_date: Utc.timestamp_opt(RELEASE_DATE_UNIX, 0).single().unwrap_or(DateTime::<Utc>::MIN_UTC),
         };
-        let lighting = if config.lighting.zone.is_empty() {
+        let lighting = if setup.lighting_zones.is_empty() {
             None
         } else {
-            Some(Lighting::from_params(&config.lighting.zone, &site).map_err(|e| format!("lighting: {e}"))?)
+            Some(Lighting::from_params(&setup.lighting_zones, &site).map_err(|e| format!("lighting: {e}"))?)
         };
-        let demand = match &config.demand_response {
+        let demand = match &setup.demand_response {
             Some(p) => {
                 let mut p = p.clone();
                 if p.seed == 0 {
-                    p.seed = demand::seed_from_str(&config.gateway.id);
+                    p.seed = demand::seed_from_str(&setup.gateway_id);
                 }
                 Some(Demand::from_params(&p).map_err(|e| format!("demand_response: {e}"))?)
             }
             None => None,
         };
-        let lamp_profiles = config.device.iter().map(|d| (d.name.clone(), d.profile.clone())).collect();
+        let lamp_profiles = setup.devices.iter().map(|d| (d.name.clone(), d.profile.clone())).collect();
         Ok(Loops {
-            gateway_id: config.gateway.id.clone(),
+            gateway_id: setup.gateway_id.clone(),
             aggregate,
             containers,
             trees,
             silence,
             lighting,
             demand,
-            meter: config.demand_response.as_ref().map(|d| d.meter.clone()),
+            meter: setup.demand_response.as_ref().map(|d| d.meter.clone()),
             lamp_profiles,
         })
     }

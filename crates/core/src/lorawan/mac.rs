@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut rng = crate::lorawan::uplink::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = crate::test_support::XorShift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
             let len = (rng.next() % 20) as usize;
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();

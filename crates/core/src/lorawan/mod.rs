@@ -35,16 +35,11 @@ pub use uplink::{MType, Uplink, UplinkError};
 
 #[cfg(test)]
 pub(crate) mod testvectors {
-    //! Locates `/work/shared/vectors` from the scratch crate as well as from the main crate.
+    //! The shared public test vectors (`crate::test_support::vectors_dir`).
     use std::path::PathBuf;
 
     pub fn dir() -> PathBuf {
-        let near = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors");
-        if near.is_dir() {
-            near
-        } else {
-            PathBuf::from("/work/shared/vectors")
-        }
+        crate::test_support::vectors_dir()
     }
 
     pub fn load(rel: &str) -> serde_json::Value {

@@ -795,14 +795,7 @@ mod tests {
         if !crate::test_support::require(what, hint, crate::test_support::python_has("cryptography")) {
             return;
         }
-        // file!() is relative to the crate root (or absolute when the file is included by path).
-        let file = std::path::Path::new(file!());
-        let here = if file.is_absolute() {
-            file.to_path_buf()
-        } else {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file)
-        };
-        let root = here.ancestors().nth(3).expect("the crate root above src/ops/commands.rs");
+        let root = crate::test_support::repo_root();
         let script = root.join("tools/sign-command.py");
         let dir = std::env::temp_dir().join(format!("sign-command-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

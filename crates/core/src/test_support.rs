@@ -1,4 +1,4 @@
-//! Unit-test helpers (compiled only with `cfg(test)`). The integration tests have the same rule in
+//! Test helpers for the unit tests of both crates (the shell re-exports them). The integration tests have the same rule in
 //! `tests/common/mod.rs` (`require`): a test never passes by skipping when `CI` is set.
 
 /// Whether tests must not skip: `CI` is set (`.ci/run` sets `CI=1`) to anything but `""`, `0` or `false`.
@@ -29,4 +29,34 @@ pub fn python_has(module: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The repository (workspace) root, where test data, codecs and tools are kept.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The shared public test vectors: `../shared/vectors` beside the repository, else `/work/shared/vectors`.
+pub fn vectors_dir() -> std::path::PathBuf {
+    let near = repo_root().join("../shared/vectors");
+    if near.is_dir() {
+        near
+    } else {
+        std::path::PathBuf::from("/work/shared/vectors")
+    }
+}
+
+/// Tiny deterministic PRNG for the parsers' no-panic loops.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
 }

@@ -15,10 +15,9 @@ use std::collections::HashMap;
 
 use crate::keys::{DevAddr, Key128};
 use crate::lorawan::mac::parse_mac_uplink;
+pub use crate::lorawan::uplink::MAX_FCNT_GAP;
 use crate::lorawan::uplink::{DataFrame, Uplink, UplinkError};
 
-/// LoRaWAN 1.0.x MAX_FCNT_GAP.
-pub const MAX_FCNT_GAP: u32 = 16384;
 
 #[derive(Debug, Clone)]
 struct Session {

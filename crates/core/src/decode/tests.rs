@@ -5,12 +5,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn vectors_dir() -> PathBuf {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/devices"));
-    if p.is_dir() {
-        p
-    } else {
-        PathBuf::from("/work/shared/vectors/devices")
-    }
+    crate::test_support::vectors_dir().join("devices")
 }
 
 /// Vendor field path → our metric path, with the unit factor (ours = vendor × factor).

@@ -2,11 +2,12 @@
 
 use serde_json::Value;
 
+use crate::device_frames::build_data_uplink;
 use crate::keys::{DevAddr, Key128};
 use crate::lorawan::testvectors;
-use crate::lorawan::uplink::{test_rng::XorShift, DataFrame};
+use crate::lorawan::uplink::DataFrame;
+use crate::test_support::XorShift;
 use crate::lorawan::{MType, MacCommand, Sessions, UplinkError};
-use crate::sim::frames::build_data_uplink;
 
 fn key(v: &Value, field: &str) -> Option<Key128> {
     v[field].as_str().map(|s| Key128::from_hex(s).unwrap())

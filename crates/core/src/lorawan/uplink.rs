@@ -13,6 +13,9 @@ use serde::Serialize;
 use crate::keys::{DevAddr, Key128};
 use crate::lorawan::mac::{MacCommand, MacParseError};
 
+/// LoRaWAN 1.0.x MAX_FCNT_GAP: how far ahead of the last accepted counter a frame may be.
+pub const MAX_FCNT_GAP: u32 = 16384;
+
 /// MHDR + FHDR without FOpts (7) + MIC.
 const MIN_DATA_LEN: usize = 1 + 7 + 4;
 const MIC_LEN: usize = 4;
@@ -101,7 +104,7 @@ pub enum UplinkError {
     BadMic { dev_addr: DevAddr },
     #[error("replayed frame from {device}: FCnt {f_cnt} <= last accepted {last}")]
     Replay { device: String, f_cnt: u32, last: u32 },
-    #[error("FCnt gap too large for {device}: FCnt {f_cnt}, last accepted {last} (max gap {max_gap})", max_gap = crate::lorawan::session::MAX_FCNT_GAP)]
+    #[error("FCnt gap too large for {device}: FCnt {f_cnt}, last accepted {last} (max gap {max_gap})", max_gap = MAX_FCNT_GAP)]
     FCntGap { device: String, f_cnt: u32, last: u32 },
 }
 
@@ -190,19 +193,3 @@ impl DataFrame {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod test_rng {
-    /// Tiny deterministic PRNG for the no-panic loops (keeps the crate free of a proptest dependency).
-    pub struct XorShift(pub u64);
-
-    impl XorShift {
-        pub fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-    }
-}

@@ -492,7 +492,7 @@ impl DevAddrAllocator {
 mod tests {
     use super::*;
     use crate::lorawan::testvectors;
-    use crate::lorawan::uplink::test_rng::XorShift;
+    use crate::test_support::XorShift;
     use serde_json::Value;
 
     fn hexv(v: &Value, f: &str) -> Vec<u8> {

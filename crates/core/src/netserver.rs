@@ -14,14 +14,13 @@ use serde_json::{Map, Value};
 
 use crate::decode::{self, Decoder};
 use crate::ingest::{Origin, RadioFrame};
-use crate::io::gwmp::packet::TxPk;
 use crate::keys::{DevAddr, Eui64, Key128};
 use crate::lorawan::downlink::{
     DeviceClass, DownlinkEvent, DownlinkId, DownlinkQueue, EnqueueError, QueueConfig, Scheduler,
 };
 use crate::lorawan::join::{DevAddrAllocator, JoinConfig, JoinContext, JoinError, JoinServer, OtaaDevice};
 use crate::lorawan::lifecycle::{Counters, Resumable, SessionId, SessionRecord};
-use crate::lorawan::region::{Eu868, UplinkRadio};
+use crate::lorawan::region::{Eu868, TxParams, UplinkRadio};
 use crate::lorawan::{Dedup, MType, Sessions, Uplink, UplinkError};
 use crate::reading::{rfc3339, LoraMeta, Reading};
 
@@ -125,7 +124,11 @@ impl RouteWait {
 pub struct OutDownlink {
     pub origin: Origin,
     pub device: String,
-    pub txpk: TxPk,
+    /// How to transmit it (each source turns this into its own form at its edge: a GWMP `txpk`, an SX127x
+    /// transmit request).
+    pub params: TxParams,
+    /// The PHYPayload.
+    pub phy: Vec<u8>,
     /// The FCntDown the frame used (None for a join accept).
     pub f_cnt_down: Option<u32>,
     pub kind: DownlinkKind,
@@ -537,7 +540,8 @@ impl NetworkServer {
                         out.downlinks.push(OutDownlink {
                             origin: frame.origin,
                             device: up.device.clone(),
-                            txpk: txpk_of(&s.plan.params, s.frame.phy),
+                            params: s.plan.params,
+                            phy: s.frame.phy,
                             f_cnt_down: Some(s.frame.f_cnt_down),
                             kind: DownlinkKind::ClassA,
                         });
@@ -611,7 +615,8 @@ impl NetworkServer {
         out.downlinks.push(OutDownlink {
             origin: frame.origin,
             device: j.device.clone(),
-            txpk: txpk_of(&plan.params, j.accept),
+            params: plan.params,
+            phy: j.accept,
             f_cnt_down: None,
             kind: DownlinkKind::JoinAccept,
         });
@@ -667,7 +672,8 @@ impl NetworkServer {
                 out.downlinks.push(OutDownlink {
                     origin,
                     device: device.to_string(),
-                    txpk: txpk_of(&s.plan.params, s.frame.phy),
+                    params: s.plan.params,
+                    phy: s.frame.phy,
                     f_cnt_down: Some(s.frame.f_cnt_down),
                     kind: DownlinkKind::ClassC,
                 });
@@ -766,10 +772,6 @@ fn radio_of(frame: &RadioFrame, now_ms: u64) -> Option<UplinkRadio> {
         snr_db: frame.snr,
         received_at_ms: now_ms,
     })
-}
-
-fn txpk_of(p: &crate::lorawan::region::TxParams, phy: Vec<u8>) -> TxPk {
-    TxPk::lorawan(p.imme, p.tmst, p.freq_hz, p.power_dbm, p.sf, p.bw_khz, phy)
 }
 
 fn note_event(device: &str, ev: DownlinkEvent, notes: &mut Vec<Note>, metrics: &mut Map<String, Value>) {

@@ -7,12 +7,7 @@ use serde_json::Value;
 use super::*;
 
 fn vectors_dir() -> PathBuf {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/sml"));
-    if p.is_dir() {
-        p
-    } else {
-        PathBuf::from("/work/shared/vectors/sml")
-    }
+    crate::test_support::vectors_dir().join("sml")
 }
 
 fn read(rel: &str) -> Vec<u8> {

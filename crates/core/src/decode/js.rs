@@ -607,7 +607,7 @@ mod tests {
     use std::sync::atomic::AtomicU64;
     use std::time::Instant;
 
-    const EM310: &str = include_str!("../../tests/data/codecs/milesight-em310-udl.js");
+    const EM310: &str = include_str!("../../../../tests/data/codecs/milesight-em310-udl.js");
 
     /// A fake clock that advances 1 ms every time it is read.
     fn ticking_clock() -> Clock {
