@@ -944,26 +944,20 @@ impl Pipeline {
         for req in &group {
             for sample in &req.meter {
                 Counters::inc(&self.counters.meter_samples);
-                let mut reading = crate::reading::Reading {
-                    seq: 0,
-                    gateway: self.gateway_id.clone(),
-                    device: sample.device.clone(),
-                    profile: "sml".into(),
-                    at: rfc3339(sample.at),
-                    metrics: sample.metrics.clone(),
-                    lorawan: None,
-                    error: None,
-                    warnings: vec![],
-                    errors: vec![],
-                };
+                let mut reading = crate::reading::Reading::from_meter(
+                    &self.gateway_id,
+                    &sample.device,
+                    sample.at,
+                    sample.metrics.clone(),
+                );
                 loop_out.merge(self.loops.on_reading(now, &mut reading));
                 self.board_seen(&reading, now);
                 if self.publish_readings {
-                    let reading = crate::reading::Reading { seq: self.store.allocate_seq(), ..reading };
+                    let seq = self.store.allocate_seq();
                     batch.push_record(Record {
-                        seq: reading.seq,
+                        seq,
                         topic_suffix: reading.topic_suffix(),
-                        payload: reading.to_json(),
+                        payload: reading.to_json(seq),
                     });
                     readings += 1;
                 }
@@ -977,12 +971,12 @@ impl Pipeline {
                         loop_out.merge(self.loops.on_reading(now, &mut reading));
                         self.board_seen(&reading, now);
                         if self.publish_readings {
-                            reading.seq = self.store.allocate_seq();
-                            tracing::debug!(device = %reading.device, seq = reading.seq, "reading");
+                            let seq = self.store.allocate_seq();
+                            tracing::debug!(device = %reading.device, seq, "reading");
                             batch.push_record(Record {
-                                seq: reading.seq,
+                                seq,
                                 topic_suffix: reading.topic_suffix(),
-                                payload: reading.to_json(),
+                                payload: reading.to_json(seq),
                             });
                             readings += 1;
                         }

@@ -14,8 +14,8 @@
 
 mod collect;
 mod keypath;
-pub mod radio;
 pub mod problem;
+pub mod radio;
 pub mod schema;
 mod spans;
 mod validate;

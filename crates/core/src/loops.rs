@@ -204,7 +204,7 @@ impl Loops {
     pub fn on_reading(&mut self, now: DateTime<Utc>, r: &mut Reading) -> LoopOutput {
         let mut out = LoopOutput::default();
         let now_ms = ms(now);
-        let at = DateTime::parse_from_rfc3339(&r.at).map(|t| t.with_timezone(&Utc)).unwrap_or(now);
+        let at = r.at;
         if let Some(e) = self.silence.on_reading(now_ms, &r.device) {
             out.publish.push(Publish::Event(e));
             out.save_now = true;

@@ -22,7 +22,7 @@ use crate::lorawan::join::{DevAddrAllocator, JoinConfig, JoinContext, JoinError,
 use crate::lorawan::lifecycle::{Counters, Resumable, SessionId, SessionRecord};
 use crate::lorawan::region::{Eu868, TxParams, UplinkRadio};
 use crate::lorawan::{Dedup, MType, Sessions, Uplink, UplinkError};
-use crate::reading::{rfc3339, LoraMeta, Reading};
+use crate::reading::{LoraMeta, Reading};
 
 /// Same frame through several rxpk or sources: copies arrive within tens of milliseconds; a device
 /// cannot legitimately send the very same bytes again (its counter advances), so a generous window is safe.
@@ -730,11 +730,10 @@ impl NetworkServer {
             metrics.entry(k).or_insert(v);
         }
         Reading {
-            seq: 0,
             gateway: self.gateway_id.clone(),
             device: up.device,
             profile,
-            at: rfc3339(now),
+            at: now,
             metrics,
             lorawan: Some(LoraMeta {
                 dev_addr: up.dev_addr.to_string(),

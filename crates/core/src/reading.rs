@@ -25,14 +25,16 @@ pub struct LoraMeta {
     pub sf: Option<u8>,
 }
 
-/// One reading. `seq` is assigned by the store when the reading is journaled.
+/// One reading, built once by the core. Its `seq` is not part of it: the shell allocates the seq when
+/// it journals the reading and hands it to [`Reading::to_json`], which writes the pinned JSON (`seq`
+/// first, `at` as RFC 3339 with milliseconds).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Reading {
-    pub seq: u64,
     pub gateway: String,
     pub device: String,
     pub profile: String,
-    pub at: String,
+    #[serde(serialize_with = "serialize_rfc3339")]
+    pub at: DateTime<Utc>,
     pub metrics: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lorawan: Option<LoraMeta>,
@@ -52,11 +54,37 @@ impl Reading {
         format!("reading/{}", self.device)
     }
 
-    pub fn to_json(&self) -> Vec<u8> {
+    /// A smart-meter sample as a reading (profile `sml`, no radio metadata).
+    pub fn from_meter(gateway: &str, device: &str, at: DateTime<Utc>, metrics: Map<String, Value>) -> Reading {
+        Reading {
+            gateway: gateway.to_string(),
+            device: device.to_string(),
+            profile: "sml".into(),
+            at,
+            metrics,
+            lorawan: None,
+            error: None,
+            warnings: vec![],
+            errors: vec![],
+        }
+    }
+
+    /// The message the city receives, journaled under `seq`.
+    pub fn to_json(&self, seq: u64) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct WithSeq<'a> {
+            seq: u64,
+            #[serde(flatten)]
+            reading: &'a Reading,
+        }
         // Serialising a struct of strings, numbers and maps cannot fail; fall back to an empty object
         // rather than panic if it ever did.
-        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+        serde_json::to_vec(&WithSeq { seq, reading: self }).unwrap_or_else(|_| b"{}".to_vec())
     }
+}
+
+fn serialize_rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
 }
 
 /// RFC 3339 UTC with milliseconds, the time format of every payload.
@@ -89,19 +117,14 @@ mod tests {
 
     #[test]
     fn replayed_flag_is_spliced_into_valid_json() {
-        let r = Reading {
-            seq: 7,
-            gateway: "g".into(),
-            device: "d".into(),
-            profile: "raw".into(),
-            at: "2026-11-26T03:10:00.123Z".into(),
-            metrics: Map::new(),
-            lorawan: None,
-            error: None,
-            warnings: vec![],
-            errors: vec![],
-        };
-        let v: Value = serde_json::from_slice(&mark_replayed(&r.to_json())).unwrap();
+        let at = DateTime::parse_from_rfc3339("2026-11-26T03:10:00.123Z").unwrap().with_timezone(&Utc);
+        let r = Reading::from_meter("g", "d", at, Map::new());
+        let json = r.to_json(7);
+        // The pinned shape: seq first, the time as RFC 3339 with milliseconds.
+        assert!(
+            json.starts_with(br#"{"seq":7,"gateway":"g","device":"d","profile":"sml","at":"2026-11-26T03:10:00.123Z""#)
+        );
+        let v: Value = serde_json::from_slice(&mark_replayed(&json)).unwrap();
         assert_eq!(v["replayed"], Value::Bool(true));
         assert_eq!(v["seq"], 7);
         let v: Value = serde_json::from_slice(&mark_replayed(b"{}")).unwrap();

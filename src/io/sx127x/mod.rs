@@ -28,10 +28,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ingest::RadioFrame;
 
+pub use crate::config::radio::Sx127xConfig;
 pub use crate::io::status::{Backoff, SourceState, SourceStatus, StatusSnapshot};
 pub use driver::{ChipSetup, ModemParams, RxOutcome, RxPacket, Sx127x, Sx127xError};
 pub use model::{Air, Missed, Sx127xModel, TxRecord};
-pub use crate::config::radio::Sx127xConfig;
 pub use spi::{open_rppal, HwError, Pins, RppalPins, RppalSpi, RppalWiring, SpiBus};
 
 impl Sx127xConfig {

@@ -18,7 +18,6 @@ use crate::lorawan::mac::parse_mac_uplink;
 pub use crate::lorawan::uplink::MAX_FCNT_GAP;
 use crate::lorawan::uplink::{DataFrame, Uplink, UplinkError};
 
-
 #[derive(Debug, Clone)]
 struct Session {
     device: String,

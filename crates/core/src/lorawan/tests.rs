@@ -6,8 +6,8 @@ use crate::device_frames::build_data_uplink;
 use crate::keys::{DevAddr, Key128};
 use crate::lorawan::testvectors;
 use crate::lorawan::uplink::DataFrame;
-use crate::test_support::XorShift;
 use crate::lorawan::{MType, MacCommand, Sessions, UplinkError};
+use crate::test_support::XorShift;
 
 fn key(v: &Value, field: &str) -> Option<Key128> {
     v[field].as_str().map(|s| Key128::from_hex(s).unwrap())

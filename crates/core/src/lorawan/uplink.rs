@@ -192,4 +192,3 @@ impl DataFrame {
         matches!(self.mtype, MType::ConfirmedDataUp | MType::ConfirmedDataDown)
     }
 }
-
