@@ -20,3 +20,4 @@ pub mod netserver;
 pub mod reading;
 #[doc(hidden)]
 pub mod test_support;
+pub mod topic;

@@ -20,6 +20,7 @@ use crate::events::{
     presence_from, ContainerGeometry, ContainerTracker, Event, EventsState, SilenceWatch, TreeThresholds, TreeTracker,
 };
 use crate::reading::Reading;
+use crate::topic::Topic;
 
 /// The lighting loop distrusts a clock earlier than this (the release date): safe mode instead.
 pub const RELEASE_DATE_UNIX: i64 = 1_795_651_200; // 2026-11-26T00:00:00Z
@@ -29,11 +30,11 @@ pub const RELEASE_DATE_UNIX: i64 = 1_795_651_200; // 2026-11-26T00:00:00Z
 pub enum Publish {
     Aggregate(AggregateWindow),
     Event(Event),
-    /// A JSON message without `seq` (lighting state, energy reports, `dr/status`, DR reports).
+    /// A JSON message without `seq` (lighting state, energy reports, `dr/status`, DR reports); its
+    /// topic says whether it is retained.
     Json {
-        topic_suffix: String,
+        topic: Topic,
         payload: Value,
-        retain: bool,
     },
 }
 
@@ -367,25 +368,14 @@ impl Loops {
         }
         for e in o.events {
             let device = e.device().unwrap_or(&e.zone).to_string();
-            out.publish.push(Publish::Json {
-                topic_suffix: format!("event/{device}"),
-                payload: e.to_value(),
-                retain: false,
-            });
+            out.publish.push(Publish::Json { topic: Topic::Event(device), payload: e.to_value() });
         }
         for s in o.states {
-            out.publish.push(Publish::Json {
-                topic_suffix: format!("lighting/{}", s.zone),
-                payload: s.to_value(),
-                retain: true,
-            });
+            out.publish.push(Publish::Json { topic: Topic::Lighting(s.zone.clone()), payload: s.to_value() });
         }
         for r in o.energy {
-            out.publish.push(Publish::Json {
-                topic_suffix: format!("agg/lighting-{}", r.zone),
-                payload: r.to_value(),
-                retain: false,
-            });
+            out.publish
+                .push(Publish::Json { topic: Topic::Aggregate(format!("lighting-{}", r.zone)), payload: r.to_value() });
         }
         out
     }
@@ -413,9 +403,8 @@ impl Loops {
                     });
                 }
                 Some(demand::params::OutputSpec::Mqtt { topic }) => out.publish.push(Publish::Json {
-                    topic_suffix: topic.clone(),
+                    topic: Topic::Load(topic.clone()),
                     payload: json!({"load": c.load, "state": c.state.to_value(), "reason": c.reason.as_str()}),
-                    retain: true,
                 }),
                 None => {}
             }
@@ -424,10 +413,10 @@ impl Loops {
             tracing::info!(action = %l, "demand response");
         }
         if let Some(s) = o.status {
-            out.publish.push(Publish::Json { topic_suffix: "dr/status".into(), payload: s.to_value(), retain: true });
+            out.publish.push(Publish::Json { topic: Topic::DrStatus, payload: s.to_value() });
         }
         for r in o.reports {
-            out.publish.push(Publish::Json { topic_suffix: "agg/dr".into(), payload: r.to_value(), retain: false });
+            out.publish.push(Publish::Json { topic: Topic::Aggregate("dr".into()), payload: r.to_value() });
         }
         out
     }

@@ -49,9 +49,8 @@ pub struct Reading {
 }
 
 impl Reading {
-    /// The topic below `{prefix}/{gateway}/`.
-    pub fn topic_suffix(&self) -> String {
-        format!("reading/{}", self.device)
+    pub fn topic(&self) -> crate::topic::Topic {
+        crate::topic::Topic::Reading(self.device.clone())
     }
 
     /// A smart-meter sample as a reading (profile `sml`, no radio metadata).

@@ -90,8 +90,8 @@ pub struct AggregateWindow {
 
 impl AggregateWindow {
     /// The topic below `{prefix}/{gateway}/`.
-    pub fn topic_suffix(&self) -> String {
-        format!("agg/{}", self.device)
+    pub fn topic(&self) -> crate::topic::Topic {
+        crate::topic::Topic::Aggregate(self.device.clone())
     }
 
     /// The payload: `{"seq", "gateway", "device", "window_start", "window_end", "count", "metrics":

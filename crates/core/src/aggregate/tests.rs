@@ -261,7 +261,7 @@ fn payload_has_the_product_shape() {
     agg.observe(base + 2000, "bin-017", base + 2000, &m(json!({"distance_mm": 2100, "temperature_c": 3.5})));
     agg.observe(base + 3000, "bin-017", base + 3000, &m(json!({"distance_mm": 2105, "motion": true})));
     let ws = agg.tick(base + 300_000);
-    assert_eq!(ws[0].topic_suffix(), "agg/bin-017");
+    assert_eq!(ws[0].topic().suffix(), "agg/bin-017");
     let v = ws[0].to_json(18_232, "garstedt-01");
     assert_eq!(
         v,

@@ -95,8 +95,8 @@ impl Event {
     }
 
     /// The topic below `{prefix}/{gateway}/`.
-    pub fn topic_suffix(&self) -> String {
-        format!("event/{}", self.device)
+    pub fn topic(&self) -> crate::topic::Topic {
+        crate::topic::Topic::Event(self.device.clone())
     }
 
     /// The payload `{"seq", "device", "at", "event": kind, ...details}`. The pinned fields win over a

@@ -173,7 +173,7 @@ fn container_details_and_first_sight() {
         json!({"seq": 7, "device": "bin-017", "at": "2026-11-26T00:00:00.000Z", "event": "container_full",
                "fill_pct": 90.0, "full_pct": 80.0, "distance_mm": 450.0})
     );
-    assert_eq!(evs[0].topic_suffix(), "event/bin-017");
+    assert_eq!(evs[0].topic().suffix(), "event/bin-017");
     // Emptied: a drop of at least 30 points from one reading to the next.
     let (_, evs) = c.on_reading(T0 + HOUR, "bin-017", &mut m(json!({"distance_mm": 1750})));
     assert_eq!(evs.len(), 1);
