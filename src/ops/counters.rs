@@ -1,4 +1,4 @@
-//! Process-wide counters, shared by the shell's tasks. Later exported as Prometheus metrics.
+//! Process-wide counters, shared by the shell's tasks; `/metrics` exports them (`metrics.rs`).
 //!
 //! Plain atomics: every task bumps its own counters without locks; readers take a snapshot.
 
