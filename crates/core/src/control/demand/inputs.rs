@@ -1,0 +1,52 @@
+//! Inputs: the city's heartbeat and `dr.*` commands refreshing it, and feeder meter readings.
+
+use chrono::{DateTime, Utc};
+
+use super::{add_ms, Demand, Reading, MAX_POWER_W};
+
+impl Demand {
+    pub(super) fn hear_city(&mut self, now: DateTime<Utc>, at: DateTime<Utc>) {
+        let at = at.min(now);
+        if self.heartbeat.is_none_or(|h| at > h) {
+            self.heartbeat = Some(at);
+        }
+    }
+
+    /// A `dr.*` command refreshes the heartbeat once the city sends heartbeats at all.
+    pub(super) fn refresh_city(&mut self, now: DateTime<Utc>) {
+        if self.heartbeat.is_some() {
+            self.hear_city(now, now);
+        }
+    }
+
+    pub(super) fn meter(&mut self, now: DateTime<Utc>, at: DateTime<Utc>, power_w: f64) {
+        if !(power_w.is_finite() && (0.0..=MAX_POWER_W).contains(&power_w)) {
+            self.invalid_readings += 1;
+            if let Some(w) = &mut self.window {
+                w.add_invalid();
+            }
+            for b in &mut self.events.booked {
+                if let Some(acc) = &mut b.acc {
+                    acc.add_invalid();
+                }
+            }
+            return;
+        }
+        let at = at.min(now);
+        if self.reading.is_some_and(|r| at < r.at) {
+            return; // out of order
+        }
+        let kw = power_w / 1000.0;
+        self.reading = Some(Reading { at, kw });
+        let settle = i64::from(self.p.settle_s) * 1000;
+        self.pending.retain(|p| add_ms(p.at, settle) > at);
+        if let Some(w) = &mut self.window {
+            w.add_reading(kw);
+        }
+        for b in &mut self.events.booked {
+            if let Some(acc) = &mut b.acc {
+                acc.add_reading(kw);
+            }
+        }
+    }
+}
