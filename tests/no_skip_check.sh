@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 cases=(
   "status_page:status_page_in_headless_chromium"
   "durability:a_full_disk_applies_the_policy_counts_exactly_and_recovers"
-  "ops_e2e:signed_commands_are_checked_and_every_refusal_changes_nothing"
+  "ops_e2e:commands::signed_commands_are_checked_and_every_refusal_changes_nothing"
   "lib:ops::commands::tests::sign_command_script_when_available"
 )
 targets=()

@@ -1,7 +1,14 @@
-//! The live terminal view: a few readable lines per thing that happens, in simulated local time.
+//! The live terminal view: a few readable lines per thing that happens, in simulated local time. The
+//! functions format; the demo's two standing lines, the lamp bar and the feeder gauge, are printed by
+//! the `Demo` methods at the end, which decide when one is due.
 
-use chrono::{DateTime, Utc};
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Europe::Berlin;
+
+use super::district::BASE_LEVEL;
+use super::Demo;
 
 /// `HH:MM` in the district's local time.
 pub fn hhmm(t: DateTime<Utc>) -> String {
@@ -70,6 +77,66 @@ pub fn reasons(reasons: &[(String, String)]) -> String {
         })
         .collect();
     parts.join(", ")
+}
+
+impl Demo {
+    /// Prints the lamp bar when the controllers' levels changed (at most every 300 ms real).
+    pub(super) fn lamps_changed(&mut self, now: DateTime<Utc>) {
+        let levels = self.district.lamp_levels();
+        if levels != self.last_lamps {
+            self.last_lamps = levels.clone();
+            self.rec.lamps.push((now, levels));
+            if self.lamps_dirty.is_none() {
+                self.lamps_dirty = Some(Instant::now());
+            }
+        }
+        if self.lamps_dirty.is_some_and(|t| t.elapsed() >= StdDuration::from_millis(300)) {
+            self.lamps_dirty = None;
+            let levels = self.last_lamps.clone();
+            if levels == self.printed_lamps {
+                return;
+            }
+            self.printed_lamps = levels.clone();
+            let why = if self.lighting_levels == levels && !self.lighting_reasons.is_empty() {
+                reasons(&self.lighting_reasons)
+            } else if self.override_active(now) {
+                "override (city command)".to_string()
+            } else if levels.iter().all(|l| *l <= BASE_LEVEL) {
+                "schedule (nobody on the path)".to_string()
+            } else if let Some((t, s, l)) =
+                self.rec.detections.last().filter(|(t, ..)| now - *t < Duration::minutes(10))
+            {
+                let ago = (now - *t).num_minutes();
+                format!("presence: {s} saw someone at lamp-{:02} {ago} min ago", l + 1)
+            } else {
+                "schedule".to_string()
+            };
+            let local = if self.broker_down() { "  [broker down: decided locally]" } else { "" };
+            line(now, "lamps", &format!("{}   {why}{local}", lamp_bar(&levels)));
+        }
+    }
+
+    fn override_active(&self, now: DateTime<Utc>) -> bool {
+        self.rec.override_.is_some_and(|(a, b, _)| a <= now && now < b)
+    }
+
+    pub(super) fn feeder_line(&mut self, now: DateTime<Utc>, why: &str) {
+        self.last_feeder_line = now;
+        let kw = self.district.feeder_kw(now);
+        let (limit, reason) = &self.limit;
+        let loads: Vec<String> = self.district.loads().map(|l| format!("{} {}", l.name, l.label())).collect();
+        let over = if kw > *limit + 0.05 { " OVER" } else { "" };
+        line(
+            now,
+            "feeder",
+            &format!(
+                "{kw:>6.1} kW / limit {limit:.0} kW ({reason}) {}{over}  [{}]{}",
+                gauge(kw, *limit, 300.0, 30),
+                loads.join(", "),
+                if why.is_empty() { String::new() } else { format!("  <- {why}") }
+            ),
+        );
+    }
 }
 
 #[cfg(test)]
