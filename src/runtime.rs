@@ -882,16 +882,16 @@ impl Pipeline {
         for p in publish {
             let seq = self.store.allocate_seq();
             let (topic_suffix, payload) = match p {
-                Publish::Aggregate(w) => (w.topic_suffix(), w.to_json(seq, &self.gateway_id)),
+                Publish::Aggregate(w) => (w.topic().suffix(), w.to_json(seq, &self.gateway_id)),
                 Publish::Event(e) => {
                     tracing::info!(device = %e.device, event = e.kind, "event");
-                    (e.topic_suffix(), e.to_json(seq))
+                    (e.topic().suffix(), e.to_json(seq))
                 }
-                Publish::Json { topic_suffix, mut payload, .. } => {
+                Publish::Json { topic, mut payload } => {
                     if let Some(o) = payload.as_object_mut() {
                         o.entry("seq").or_insert(serde_json::Value::from(seq));
                     }
-                    (topic_suffix, payload)
+                    (topic.suffix(), payload)
                 }
             };
             let payload = serde_json::to_vec(&payload).unwrap_or_else(|_| b"{}".to_vec());
@@ -956,7 +956,7 @@ impl Pipeline {
                     let seq = self.store.allocate_seq();
                     batch.push_record(Record {
                         seq,
-                        topic_suffix: reading.topic_suffix(),
+                        topic_suffix: reading.topic().suffix(),
                         payload: reading.to_json(seq),
                     });
                     readings += 1;
@@ -975,7 +975,7 @@ impl Pipeline {
                             tracing::debug!(device = %reading.device, seq, "reading");
                             batch.push_record(Record {
                                 seq,
-                                topic_suffix: reading.topic_suffix(),
+                                topic_suffix: reading.topic().suffix(),
                                 payload: reading.to_json(seq),
                             });
                             readings += 1;
