@@ -16,8 +16,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use super::log_format::read_entry;
 use super::sim_fs::SimFs;
+use super::state::{FCNT_DOWN_PREFIX, FCNT_PREFIX, JOIN_NONCE, NONCE_PREFIX, SESSION_PREFIX};
 use super::*;
+use crate::keys::Eui64;
 
 /// SplitMix64: small, seedable, good enough to pick cut points.
 struct Rng(u64);
@@ -164,7 +167,7 @@ fn counts_agree(s: &Store) -> Result<(), String> {
 fn commit_tracked(s: &Store, m: &mut Model, b: Batch, seqs: &[u64]) -> Result<Option<CommitReport>, String> {
     let before = all_unacked(s);
     let drops_before = s.drops();
-    let r = s.commit_report(b);
+    let r = s.commit_report(b, chrono::Utc::now());
     let after = all_unacked(s);
     let committed = r.is_ok();
     let gone: Vec<u64> =
@@ -223,7 +226,7 @@ impl Run {
     }
 
     fn open(&mut self) -> Result<Store, String> {
-        let s = Store::open_with_fs(&self.path(), self.opts.clone(), Arc::new(self.fs.clone()))
+        let s = Store::open_with_fs(&self.path(), self.opts.clone(), Arc::new(self.fs.clone()), chrono::Utc::now())
             .map_err(|e| format!("the store did not open: {e}"))?;
         if let Some((_, why)) = &s.open_report().damaged {
             return Err(format!("the store found damage after a power cut: {why}"));
@@ -361,7 +364,7 @@ impl Run {
                 }
             }
             let before = all_unacked(s);
-            let a = match s.maintain() {
+            let a = match s.maintain(chrono::Utc::now()) {
                 Ok(a) => a,
                 Err(_) => return Ok(false),
             };
