@@ -27,7 +27,7 @@
 //! bytes as the last written state writes nothing. Older versions kept it in `loops.json` beside the
 //! store; [`Store::adopt_loops_file`] takes that file over once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -144,19 +144,22 @@ impl Store {
         match open_sled(&self.inner.dir, self.inner.opts.cache_bytes, &*self.inner.fs) {
             SledOpen::Ok(db, tree) => {
                 tracing::info!("the state database is back");
-                // Everything since what sled made durable is replayed from the log.
+                // Everything since what sled made durable is replayed from the log, in log order so
+                // that the newest value of each key wins; then what was appended since the failure
+                // (newer than, or the same as, the log's values).
                 let from = tree.get(LSN_KEY).ok().flatten().and_then(|v| be_u64(&v)).unwrap_or(0);
+                let mut replayed = BTreeMap::new();
                 for seg in st.segments.values() {
                     let mut off = 0;
                     while let Ok(Some((e, next))) = read_entry(&*seg.file, off, seg.bytes) {
                         if e.lsn > from {
-                            for (k, v) in e.kv {
-                                st.pending_kv.entry(k).or_insert(v);
-                            }
+                            replayed.extend(e.kv);
                         }
                         off = next;
                     }
                 }
+                replayed.append(&mut st.pending_kv);
+                st.pending_kv = replayed;
                 st.db = Some(db);
                 st.tree = Some(tree);
                 st.sled_broken_since = None;

@@ -356,3 +356,31 @@ fn the_old_loops_file_is_adopted_once_then_removed() {
     assert!(!file.exists());
     assert_eq!(s.loops_state().as_deref(), Some(&b"{\"old\":1}"[..]));
 }
+
+#[test]
+fn a_reopened_state_database_gets_the_newest_values_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
+    for (fcnt, loops) in [(1, "a"), (2, "b"), (3, "c")] {
+        let mut b = Batch::default();
+        b.set_fcnt("d", fcnt);
+        b.set_loops_state(loops.into());
+        s.commit(b, now()).unwrap();
+    }
+    s.flush_blocking().unwrap();
+    // sled failed (an I/O error): the store dropped it, with the changes it had not applied yet.
+    {
+        let mut st = s.lock();
+        st.pending_kv.clear();
+        st.tree = None;
+        st.db = None;
+        st.sled_broken_since = Some(Instant::now() - Duration::from_secs(3));
+    }
+    s.maintain(now()).unwrap();
+    assert!(s.lock().tree.is_some(), "sled is back");
+    assert_eq!(s.fcnts().unwrap().get("d"), Some(&3), "the newest value from the log, not the oldest");
+    drop(s);
+    let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
+    assert_eq!(s.fcnts().unwrap().get("d"), Some(&3));
+    assert_eq!(s.loops_state().as_deref(), Some(&b"c"[..]));
+}
