@@ -80,6 +80,6 @@ pub fn commit_restore(store: &Store, out: Output, sources: &[String]) -> Result<
     }
     let mut batch = Batch::default();
     persist_into(&mut batch, out.persist, sources);
-    store.commit(batch)?;
+    store.commit(batch, crate::clock::now())?;
     store.flush_blocking()
 }

@@ -167,7 +167,16 @@ impl Daemon {
                 cache_bytes: STORE_CACHE_BYTES,
                 ..crate::store::StoreOptions::from_config(config)
             },
+            started_at,
         )?;
+        // The store allocates no seq: the `store_damaged` event of its open is journaled here, before
+        // any task writes.
+        if let Some(event) = store.open_report().damage_event.clone() {
+            let mut b = Batch::default();
+            b.push_announcement(event, store.allocate_seq());
+            store.commit(b, crate::clock::now())?;
+            store.flush_blocking()?;
+        }
         let (config, remote, quarantined) = with_remote_devices(config, &store)?;
         let config = &config;
         let health = crate::ops::health::Health::new(Duration::from_secs(10));
@@ -251,7 +260,7 @@ impl Daemon {
             health: health.clone(),
             loops,
             board: board.clone(),
-            loops_state_path: data_dir.join("loops.json"),
+            legacy_loops_file: data_dir.join("loops.json"),
             relays,
             ns,
             store: store.clone(),
@@ -336,11 +345,12 @@ impl Daemon {
         // Every task has stopped: this is the outbox's only writer now. The last acknowledgements
         // reach the log (so a restart does not send them again), and an ended drop episode is
         // journaled.
-        match self.store.maintain() {
+        let now = crate::clock::now();
+        match self.store.maintain(now) {
             Ok(Some(a)) => {
                 let mut b = Batch::default();
                 b.push_announcement(a, self.store.allocate_seq());
-                if let Err(e) = self.store.commit(b) {
+                if let Err(e) = self.store.commit(b, now) {
                     tracing::error!(error = %e, "journaling the end of a drop episode failed");
                 }
             }
@@ -612,7 +622,7 @@ fn build_network_server(
     }
     if !events.is_empty() {
         // Before any task runs: the pipeline is not writing yet.
-        store.commit(events)?;
+        store.commit(events, crate::clock::now())?;
         store.flush_blocking()?;
     }
     tracing::info!(devices = ns.device_count(), sessions = ns.session_count(), "LoRaWAN network server ready");
@@ -727,25 +737,20 @@ fn uplink_settings(config: &Config) -> anyhow::Result<mqtt::UplinkSettings> {
     })
 }
 
-fn read_loops_state(path: &Path) -> Option<crate::loops::LoopsState> {
-    let bytes = std::fs::read(path).ok()?;
+/// The control loops' saved state, from the store; on the first start after an upgrade, from the
+/// `loops.json` older versions kept in the data dir (the store adopts it once, then removes it).
+fn read_loops_state(store: &Store, legacy_file: &Path, now: chrono::DateTime<Utc>) -> Option<crate::loops::LoopsState> {
+    if let Err(e) = store.adopt_loops_file(legacy_file, now) {
+        tracing::warn!(path = %legacy_file.display(), error = %e, "the control loops' old state file could not be adopted");
+    }
+    let bytes = store.loops_state()?;
     match serde_json::from_slice(&bytes) {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "the control loops' saved state is unreadable; starting fresh");
+            tracing::warn!(error = %e, "the control loops' saved state is unreadable; starting fresh");
             None
         }
     }
-}
-
-/// Writes a file so that a crash leaves the old or the new content, never a mix.
-fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 fn now_ms() -> u64 {
@@ -758,7 +763,8 @@ struct Pipeline {
     health: crate::ops::health::Health,
     loops: crate::loops::Loops,
     board: crate::ops::board::SharedBoard,
-    loops_state_path: std::path::PathBuf,
+    /// Where older versions kept the loops' state (adopted into the store at start).
+    legacy_loops_file: std::path::PathBuf,
     /// Relays of demand-response loads wired to the gateway, by BCM pin.
     relays: Relays,
     ns: NetworkServer,
@@ -775,7 +781,7 @@ struct Pipeline {
 impl Pipeline {
     async fn run(mut self, mut rx: mpsc::Receiver<IngestRequest>, mut control: mpsc::Receiver<Control>) {
         let now = crate::clock::now();
-        if let Some(state) = read_loops_state(&self.loops_state_path) {
+        if let Some(state) = read_loops_state(&self.store, &self.legacy_loops_file, now) {
             let out = self.loops.restore(state, now);
             self.loop_output(out).await;
         }
@@ -815,13 +821,13 @@ impl Pipeline {
                         b.control = control;
                     }
                     if last_save.elapsed() >= LOOPS_SAVE_EVERY {
-                        self.save_loops();
+                        self.save_loops().await;
                         last_save = tokio::time::Instant::now();
                     }
                 }
             }
         }
-        self.save_loops();
+        self.save_loops().await;
     }
 
     /// The store's housekeeping. It runs here, not in the uplink, because it writes to the outbox
@@ -829,7 +835,7 @@ impl Pipeline {
     /// segments: the pipeline is the log's one writer, so seqs are committed in the order they are
     /// allocated and nothing is appended between an `allocate_seq` and its `commit`.
     async fn housekeeping(&mut self) {
-        match self.store.maintain() {
+        match self.store.maintain(crate::clock::now()) {
             Ok(Some(announcement)) => {
                 let mut batch = Batch::default();
                 batch.push_announcement(announcement, self.store.allocate_seq());
@@ -850,12 +856,14 @@ impl Pipeline {
         }
     }
 
-    fn save_loops(&self) {
+    /// Journals the control loops' state, if it changed since it was last written (flash wear).
+    async fn save_loops(&mut self) {
         let state = self.loops.snapshot(crate::clock::now());
         match serde_json::to_vec(&state) {
             Ok(bytes) => {
-                if let Err(e) = write_file_atomically(&self.loops_state_path, &bytes) {
-                    tracing::warn!(error = %e, "saving the control loops' state failed");
+                let mut batch = Batch::default();
+                if self.store.stage_loops_state(&mut batch, bytes) && !self.apply(batch, Output::default(), 0).await {
+                    tracing::warn!("saving the control loops' state failed");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "serialising the control loops' state failed"),
@@ -872,7 +880,7 @@ impl Pipeline {
         let out = self.actuate(lo.actuate);
         self.apply(batch, out, 0).await;
         if lo.save_now {
-            self.save_loops();
+            self.save_loops().await;
         }
     }
 
@@ -1006,7 +1014,7 @@ impl Pipeline {
         all.notes.extend(acted.notes);
         let ok = self.apply(batch, all, readings).await;
         if loop_out.save_now {
-            self.save_loops();
+            self.save_loops().await;
         }
         for req in group {
             let _ = req.done.send(ok);
@@ -1135,7 +1143,7 @@ impl Pipeline {
         let ok = if batch.is_empty() {
             true
         } else {
-            match self.store.commit(batch) {
+            match self.store.commit(batch, crate::clock::now()) {
                 Ok(()) => match self.store.flush().await {
                     Ok(()) => true,
                     Err(e) => {

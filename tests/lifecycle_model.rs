@@ -156,7 +156,7 @@ fn sources() -> Vec<String> {
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), 1 << 20).expect("store");
+        let store = Store::open(dir.path(), 1 << 20, district_gateway::clock::now()).expect("store");
         let mut w = World {
             dir,
             store: Some(store),
@@ -192,7 +192,8 @@ impl World {
     fn restart(&mut self) {
         RESTARTS.fetch_add(1, Ordering::Relaxed);
         self.store = None;
-        self.store = Some(Store::open(self.dir.path(), 1 << 20).expect("store reopens"));
+        self.store =
+            Some(Store::open(self.dir.path(), 1 << 20, district_gateway::clock::now()).expect("store reopens"));
         self.ns = NetworkServer::new(ns_config()).expect("ns");
         let devices = self.configured();
         let store = self.store.as_ref().expect("store open");
@@ -230,7 +231,7 @@ impl World {
         let mut batch = Batch::default();
         ns_store::persist_into(&mut batch, out.persist, &sources());
         let store = self.store();
-        store.commit(batch).expect("commit");
+        store.commit(batch, district_gateway::clock::now()).expect("commit");
         store.flush_blocking().expect("flush");
     }
 

@@ -429,8 +429,13 @@ async fn upsert_rejoin_restart_and_class_c_routes_survive_the_life_of_an_install
 
     // A remote device that cannot be loaded any more is quarantined at start, never a crash loop.
     {
-        let store = district_gateway::store::Store::open(&dir.path().join("data").join("store"), 1 << 20).unwrap();
-        store.set_remote_device("broken", Some(br#"{"name": "broken", "profile": "js:/gone.js", "dev_addr": "26019999", "nwk_s_key": "00112233445566778899aabbccddeeff", "app_s_key": "00112233445566778899aabbccddeeff"}"#)).unwrap();
+        let store = district_gateway::store::Store::open(
+            &dir.path().join("data").join("store"),
+            1 << 20,
+            district_gateway::clock::now(),
+        )
+        .unwrap();
+        store.set_remote_device("broken", Some(br#"{"name": "broken", "profile": "js:/gone.js", "dev_addr": "26019999", "nwk_s_key": "00112233445566778899aabbccddeeff", "app_s_key": "00112233445566778899aabbccddeeff"}"#), district_gateway::clock::now()).unwrap();
         store.flush_blocking().unwrap();
     }
     let daemon = start(dir.path(), port, &extra).await;

@@ -69,7 +69,7 @@ pub async fn run(mut ctx: ExecutorContext, mut verifier: Verifier, mut rx: mpsc:
             }
         };
         // Remember the id on disk before anything happens, so that a crash cannot make it replayable.
-        let remembered = ctx.store.remember_command(&cmd.id, cmd.forget_after.timestamp_millis());
+        let remembered = ctx.store.remember_command(&cmd.id, cmd.forget_after.timestamp_millis(), now);
         if remembered.is_err() || ctx.store.flush().await.is_err() {
             let r = cmd.refuse(RefusalCode::Internal, "the command could not be recorded; nothing was done");
             ctx.commands.record(Err(r.code));

@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 
 use super::codec::Reader;
-use super::{prefixed, Batch, Store, StoreError, FCNT_PREFIX, REMOTE_DEVICE_PREFIX, SESSION_PREFIX};
+use super::state::{prefixed, FCNT_PREFIX, REMOTE_DEVICE_PREFIX, SESSION_PREFIX};
+use super::{Batch, Store, StoreError};
 use crate::keys::{DevAddr, Eui64, Key128};
 use crate::lorawan::lifecycle::{Counters, RetiredSession, SessionId, SessionRecord};
 
@@ -193,19 +194,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let route = StoredRoute { source: "gwmp".into(), gateway: Eui64(0xAA55) };
         {
-            let s = Store::open(dir.path(), 1 << 20).unwrap();
+            let s = Store::open(dir.path(), 1 << 20, chrono::Utc::now()).unwrap();
             let mut b = Batch::default();
             b.set_session_record("lamp-1", &SessionRecord { current: Some(sid(9)), retired: vec![] });
             b.set_fcnt("lamp-1", 12);
             b.set_route("lamp-1", Some(&route));
             b.set_fcnt("lamp-2", 5);
-            s.commit(b).unwrap();
+            s.commit(b, chrono::Utc::now()).unwrap();
             let mut b = Batch::default();
             b.reset_fcnt("lamp-2");
-            s.commit(b).unwrap();
+            s.commit(b, chrono::Utc::now()).unwrap();
             s.flush_blocking().unwrap();
         }
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = Store::open(dir.path(), 1 << 20, chrono::Utc::now()).unwrap();
         assert_eq!(s.session_records().unwrap()["lamp-1"].current, Some(sid(9)));
         assert_eq!(s.routes().unwrap()["lamp-1"], route);
         let f = s.fcnts().unwrap();

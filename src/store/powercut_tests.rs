@@ -16,8 +16,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use super::log_format::read_entry;
 use super::sim_fs::SimFs;
+use super::state::{FCNT_DOWN_PREFIX, FCNT_PREFIX, JOIN_NONCE, LOOPS_KEY, NONCE_PREFIX, SESSION_PREFIX};
 use super::*;
+use crate::keys::Eui64;
 
 /// SplitMix64: small, seedable, good enough to pick cut points.
 struct Rng(u64);
@@ -62,6 +65,8 @@ struct Model {
     join_nonce: u32,
     nonces: BTreeSet<(u64, u16)>,
     sessions: HashMap<String, [u8; 4]>,
+    /// The control loops' state (a number, as text) as last flushed.
+    loops: u32,
     pending: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
     /// Generators: the next value to commit.
     gen_up: HashMap<String, u32>,
@@ -69,6 +74,7 @@ struct Model {
     gen_join: u32,
     gen_nonce: u16,
     gen_session: u32,
+    gen_loops: u32,
 }
 
 const DEVICES: [&str; 4] = ["d0", "d1", "d2", "d3"];
@@ -101,6 +107,8 @@ impl Model {
             }
         } else if k == JOIN_NONCE {
             self.join_nonce = u32v();
+        } else if k == LOOPS_KEY {
+            self.loops = loops_value(Some(v.to_vec()));
         }
     }
     /// Seqs that must be in the outbox after a cut.
@@ -111,6 +119,11 @@ impl Model {
             .copied()
             .filter(|s| !self.acked.contains(s) && !self.dropped.contains(s))
     }
+}
+
+/// The model's loops state: a number as text (0: none).
+fn loops_value(v: Option<Vec<u8>>) -> u32 {
+    v.and_then(|v| String::from_utf8(v).ok()?.parse().ok()).unwrap_or(0)
 }
 
 /// Every unacknowledged record in the log, durable or not (a test's view, past the watermark).
@@ -164,7 +177,7 @@ fn counts_agree(s: &Store) -> Result<(), String> {
 fn commit_tracked(s: &Store, m: &mut Model, b: Batch, seqs: &[u64]) -> Result<Option<CommitReport>, String> {
     let before = all_unacked(s);
     let drops_before = s.drops();
-    let r = s.commit_report(b);
+    let r = s.commit_report(b, chrono::Utc::now());
     let after = all_unacked(s);
     let committed = r.is_ok();
     let gone: Vec<u64> =
@@ -223,7 +236,7 @@ impl Run {
     }
 
     fn open(&mut self) -> Result<Store, String> {
-        let s = Store::open_with_fs(&self.path(), self.opts.clone(), Arc::new(self.fs.clone()))
+        let s = Store::open_with_fs(&self.path(), self.opts.clone(), Arc::new(self.fs.clone()), chrono::Utc::now())
             .map_err(|e| format!("the store did not open: {e}"))?;
         if let Some((_, why)) = &s.open_report().damaged {
             return Err(format!("the store found damage after a power cut: {why}"));
@@ -299,6 +312,14 @@ impl Run {
                 m.gen_join += 1;
                 b.set_join_nonce(m.gen_join);
             }
+            if self.rng.percent(10) {
+                // The control loops' state: sometimes changed, sometimes the same again (which
+                // writes nothing).
+                if self.rng.percent(50) {
+                    m.gen_loops += 1;
+                }
+                b.set_loops_state(m.gen_loops.to_string().into_bytes());
+            }
             kv.extend(b.kv.iter().cloned());
             let rep = match commit_tracked(s, m, b, &seqs)? {
                 Some(r) => r,
@@ -361,7 +382,7 @@ impl Run {
                 }
             }
             let before = all_unacked(s);
-            let a = match s.maintain() {
+            let a = match s.maintain(chrono::Utc::now()) {
                 Ok(a) => a,
                 Err(_) => return Ok(false),
             };
@@ -470,6 +491,13 @@ impl Run {
                 return Err(format!("the session of {d} went back after the cut"));
             }
         }
+        let loops = loops_value(s.loops_state());
+        if loops < m.loops || loops > m.gen_loops {
+            return Err(format!(
+                "the loops state is {loops} after the cut; flushed {}, committed up to {}",
+                m.loops, m.gen_loops
+            ));
+        }
         // What survived is durable now (the store syncs what it finds at open).
         m.durable.extend(present.keys().copied());
         m.committed.clear();
@@ -483,6 +511,7 @@ impl Run {
             *g = (*g).max(fmax(&up, d));
         }
         m.join_nonce = jn;
+        m.loops = loops;
         m.nonces = nonces;
         for (d, x) in sessions {
             m.sessions.insert(d, x.to_be_bytes());

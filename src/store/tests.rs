@@ -1,7 +1,13 @@
+use super::log_format::read_entry;
 use super::*;
-use crate::keys::{DevAddr, Key128};
+use crate::keys::{DevAddr, Eui64, Key128};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+
+/// The caller's clock (the store reads none).
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
 
 fn rec(seq: u64) -> Record {
     let pad = "x".repeat(200);
@@ -20,7 +26,7 @@ fn put(s: &Store, n: usize) -> Vec<u64> {
         seqs.push(seq);
         b.push_record(rec(seq));
     }
-    s.commit(b).unwrap();
+    s.commit(b, now()).unwrap();
     s.flush_blocking().unwrap();
     seqs
 }
@@ -29,19 +35,19 @@ fn put(s: &Store, n: usize) -> Vec<u64> {
 fn seq_survives_reopen_and_outbox_roundtrips() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = Store::open(dir.path(), 1 << 20, now()).unwrap();
         let mut b = Batch::default();
         for _ in 0..3 {
             let seq = s.allocate_seq();
             b.push_record(rec(seq));
         }
         b.set_fcnt("d", 41);
-        s.commit(b).unwrap();
+        s.commit(b, now()).unwrap();
         s.flush_blocking().unwrap();
         s.ack(&[1]).unwrap();
-        s.maintain().unwrap();
+        s.maintain(now()).unwrap();
     }
-    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let s = Store::open(dir.path(), 1 << 20, now()).unwrap();
     assert!(s.next_seq() >= 4);
     assert_eq!(s.fcnts().unwrap().get("d"), Some(&41));
     let r = s.read_from(0, 10).unwrap();
@@ -63,22 +69,22 @@ fn lorawan_state_roundtrips() {
         retired: Vec::new(),
     };
     {
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = Store::open(dir.path(), 1 << 20, now()).unwrap();
         let mut b = Batch::default();
         b.set_session_record("pir-01", &sess);
         b.set_fcnt_down("pir-01", 7);
         b.add_dev_nonce(Eui64(0x0102030405060708), 0x1234);
         b.add_dev_nonce(Eui64(0x0102030405060708), 0x0001);
         b.set_join_nonce(3);
-        s.commit(b).unwrap();
+        s.commit(b, now()).unwrap();
         s.flush_blocking().unwrap();
-        s.remember_command("cmd-1", i64::MAX).unwrap();
-        s.set_remote_device("x", Some(b"{}")).unwrap();
+        s.remember_command("cmd-1", i64::MAX, now()).unwrap();
+        s.set_remote_device("x", Some(b"{}"), now()).unwrap();
         s.flush_blocking().unwrap();
         // No sled apply, no clean close: the state comes back from the log alone.
         drop(s);
     }
-    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let s = Store::open(dir.path(), 1 << 20, now()).unwrap();
     assert_eq!(s.session_records().unwrap().get("pir-01"), Some(&sess));
     assert_eq!(s.fcnts_down().unwrap().get("pir-01"), Some(&7));
     let mut n = s.dev_nonces().unwrap().remove(&Eui64(0x0102030405060708)).unwrap();
@@ -94,20 +100,20 @@ fn acked_segments_are_deleted_and_seq_never_goes_back() {
     let dir = tempfile::tempdir().unwrap();
     let last;
     {
-        let s = Store::open_with(dir.path(), opts(1 << 20)).unwrap();
+        let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
         let mut all = Vec::new();
         for _ in 0..50 {
             all.extend(put(&s, 20));
         }
         assert!(s.lock().segments.len() > 3);
         s.ack(&all).unwrap();
-        s.maintain().unwrap();
+        s.maintain(now()).unwrap();
         assert_eq!(s.depth(), 0);
         assert!(s.lock().segments.len() <= 2, "acknowledged segments go");
         last = *all.last().unwrap();
         drop(s);
     }
-    let s = Store::open_with(dir.path(), opts(1 << 20)).unwrap();
+    let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
     assert!(s.next_seq() > last);
     assert_eq!(s.depth(), 0, "acks survive a crash");
 }
@@ -115,7 +121,7 @@ fn acked_segments_are_deleted_and_seq_never_goes_back() {
 #[test]
 fn drop_oldest_keeps_events_and_counts_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_with(dir.path(), opts(64 << 10)).unwrap();
+    let s = Store::open_with(dir.path(), opts(64 << 10), now()).unwrap();
     let mut events = Vec::new();
     let mut readings = 0u64;
     for i in 0..400 {
@@ -128,7 +134,7 @@ fn drop_oldest_keeps_events_and_counts_exactly() {
             readings += 1;
             b.push_record(rec(seq));
         }
-        s.commit(b).unwrap();
+        s.commit(b, now()).unwrap();
     }
     s.flush_blocking().unwrap();
     assert!(s.log_bytes() <= 64 << 10);
@@ -143,10 +149,10 @@ fn drop_oldest_keeps_events_and_counts_exactly() {
     assert_eq!(left_readings + dropped, readings, "every reading is either there or counted");
     // The episode ends after a quiet period with one event carrying the counts.
     s.lock().episode.as_mut().unwrap().last_drop -= EPISODE_QUIET;
-    let a = s.maintain().unwrap().expect("the episode ended");
+    let a = s.maintain(now()).unwrap().expect("the episode ended");
     let mut b = Batch::default();
     b.push_announcement(a, s.allocate_seq());
-    s.commit(b).unwrap();
+    s.commit(b, now()).unwrap();
     s.flush_blocking().unwrap();
     let ev: Vec<_> = s.read_from(0, 10_000).unwrap().into_iter().filter(|r| r.topic_suffix == "event/gw").collect();
     assert_eq!(ev.len(), 1);
@@ -155,13 +161,14 @@ fn drop_oldest_keeps_events_and_counts_exactly() {
     assert_eq!(j["readings_dropped"], dropped);
     assert_eq!(j["seq"], ev[0].seq);
     assert_eq!(j["policy"], "drop-oldest");
-    assert!(s.maintain().unwrap().is_none(), "one announcement per episode");
+    assert!(s.maintain(now()).unwrap().is_none(), "one announcement per episode");
 }
 
 #[test]
 fn drop_newest_refuses_new_readings() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_with(dir.path(), StoreOptions { policy: DropPolicy::DropNewest, ..opts(64 << 10) }).unwrap();
+    let s =
+        Store::open_with(dir.path(), StoreOptions { policy: DropPolicy::DropNewest, ..opts(64 << 10) }, now()).unwrap();
     let mut total = 0;
     for _ in 0..100 {
         put(&s, 10);
@@ -179,7 +186,7 @@ fn torn_tail_is_cut_and_damage_is_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     {
-        let s = Store::open_with(&store_dir, opts(1 << 20)).unwrap();
+        let s = Store::open_with(&store_dir, opts(1 << 20), now()).unwrap();
         put(&s, 10);
         drop(s);
     }
@@ -190,7 +197,7 @@ fn torn_tail_is_cut_and_damage_is_moved_aside() {
     drop(f);
     let next;
     {
-        let s = Store::open_with(&store_dir, opts(1 << 20)).unwrap();
+        let s = Store::open_with(&store_dir, opts(1 << 20), now()).unwrap();
         assert_eq!(s.open_report().entries_cut, 1);
         assert_eq!(s.depth(), 10);
         next = s.next_seq();
@@ -202,19 +209,30 @@ fn torn_tail_is_cut_and_damage_is_moved_aside() {
     let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
     f.write_all_at(&vec![0xA5; len as usize], 0).unwrap();
     drop(f);
-    let s = Store::open_with(&store_dir, opts(1 << 20)).unwrap();
+    let s = Store::open_with(&store_dir, opts(1 << 20), now()).unwrap();
     let (aside, _) = s.open_report().damaged.clone().expect("damage detected");
     assert!(aside.exists());
-    assert!(s.next_seq() >= next, "no seq reused after damage");
+    let first_new = s.next_seq();
+    assert!(first_new >= next, "no seq reused after damage");
+    // The store allocated no seq for its event: the opener journals it.
+    let event = s.open_report().damage_event.clone().expect("a store_damaged event to journal");
+    assert_eq!(s.next_seq(), first_new);
+    let mut b = Batch::default();
+    b.push_announcement(event, s.allocate_seq());
+    s.commit(b, now()).unwrap();
+    s.flush_blocking().unwrap();
     let recs = s.read_from(0, 100).unwrap();
     assert_eq!(recs.iter().filter(|r| r.kind() == RecordKind::Reading).count(), 10);
-    assert!(recs.iter().any(|r| String::from_utf8_lossy(&r.payload).contains("store_damaged")));
+    let ev = recs.iter().find(|r| r.topic_suffix == "event/gw").expect("the event is in the outbox");
+    let j: serde_json::Value = serde_json::from_slice(&ev.payload).unwrap();
+    assert_eq!((j["event"].as_str(), j["seq"].as_u64()), (Some("store_damaged"), Some(first_new)));
+    assert_eq!(j["records_recovered"], 10);
 }
 
 #[test]
 fn read_range_filters_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_with(dir.path(), opts(1 << 20)).unwrap();
+    let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
     let seqs: Vec<u64> = (0..30).flat_map(|_| put(&s, 7)).collect();
     let mut got = Vec::new();
     let mut from = 0;
@@ -233,7 +251,7 @@ fn read_range_filters_and_resumes() {
 #[test]
 fn readers_see_only_what_is_fsynced() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open_with(dir.path(), opts(1 << 20)).unwrap();
+    let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
     let flushed = put(&s, 3);
     assert_eq!(s.max_committed(), *flushed.last().unwrap());
     // Committed, not yet flushed: not visible to the uplink by any read path.
@@ -241,7 +259,7 @@ fn readers_see_only_what_is_fsynced() {
     let seq = s.allocate_seq();
     b.push_record(rec(seq));
     b.set_fcnt("d", 9);
-    s.commit(b).unwrap();
+    s.commit(b, now()).unwrap();
     assert_eq!(s.max_committed(), *flushed.last().unwrap(), "the watermark waits for the fsync");
     assert_eq!(s.outbox_snapshot().0, *flushed.last().unwrap());
     let seen: Vec<u64> = s.read_from(0, 100).unwrap().iter().map(|r| r.seq).collect();
@@ -250,4 +268,119 @@ fn readers_see_only_what_is_fsynced() {
     s.flush_blocking().unwrap();
     assert_eq!(s.max_committed(), seq);
     assert_eq!(s.read_range(seq, u64::MAX, 10, |_| true).unwrap().len(), 1);
+}
+
+/// The state keys of the last entry in the active segment.
+fn last_entry_keys(s: &Store) -> Vec<Vec<u8>> {
+    let st = s.lock();
+    let seg = &st.segments[&st.active];
+    let (mut off, mut keys) = (0, Vec::new());
+    while let Ok(Some((e, next))) = read_entry(&*seg.file, off, seg.bytes) {
+        keys = e.kv.into_iter().map(|(k, _)| k).collect();
+        off = next;
+    }
+    keys
+}
+
+#[test]
+fn loops_state_survives_reopen_and_an_unchanged_state_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = br#"{"aggregates":null,"events":{"containers":{}}}"#.to_vec();
+    {
+        let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
+        assert_eq!(s.loops_state(), None);
+        let mut b = Batch::default();
+        assert!(s.stage_loops_state(&mut b, state.clone()), "a new state is staged");
+        s.commit(b, now()).unwrap();
+        s.flush_blocking().unwrap();
+        assert_eq!(s.loops_state().as_deref(), Some(state.as_slice()));
+
+        // The same state again: the batch stays empty, and even set directly nothing is written.
+        let mut b = Batch::default();
+        assert!(!s.stage_loops_state(&mut b, state.clone()));
+        assert!(b.is_empty());
+        let (bytes, lsn) = (s.stats().log_bytes.load(Ordering::Relaxed), s.lock().written_lsn);
+        let mut b = Batch::default();
+        b.set_loops_state(state.clone());
+        s.commit(b, now()).unwrap();
+        assert_eq!(s.stats().log_bytes.load(Ordering::Relaxed), bytes, "no log write");
+        assert_eq!(s.lock().written_lsn, lsn, "no entry (so nothing new for sled either)");
+        // With other changes, only they are written.
+        let mut b = Batch::default();
+        b.set_fcnt("d", 3);
+        b.set_loops_state(state.clone());
+        s.commit(b, now()).unwrap();
+        assert_eq!(last_entry_keys(&s), vec![b"f/d".to_vec()], "the unchanged state is left out");
+        s.flush_blocking().unwrap();
+        // Not in sled yet: the state comes back from the log alone.
+        drop(s);
+    }
+    let changed = br#"{"aggregates":null,"events":null}"#.to_vec();
+    {
+        let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
+        assert_eq!(s.loops_state().as_deref(), Some(state.as_slice()), "survives a reopen");
+        let mut b = Batch::default();
+        assert!(!s.stage_loops_state(&mut b, state.clone()), "unchanged after a reopen too");
+        assert!(s.stage_loops_state(&mut b, changed.clone()));
+        s.commit(b, now()).unwrap();
+        s.flush_blocking().unwrap();
+        // Made durable in sled: at the next open it comes from sled, not from the log.
+        let mut st = s.lock();
+        s.apply_to_sled(&mut st, true).unwrap();
+        drop(st);
+        drop(s);
+    }
+    let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
+    assert_eq!(s.loops_state().as_deref(), Some(changed.as_slice()));
+    assert_eq!(s.fcnts().unwrap().get("d"), Some(&3));
+}
+
+#[test]
+fn the_old_loops_file_is_adopted_once_then_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("loops.json");
+    let store_dir = dir.path().join("store");
+    std::fs::write(&file, b"{\"old\":1}").unwrap();
+    {
+        let s = Store::open_with(&store_dir, opts(1 << 20), now()).unwrap();
+        assert!(s.adopt_loops_file(&file, now()).unwrap(), "adopted");
+        assert!(!file.exists(), "removed once committed");
+        assert_eq!(s.loops_state().as_deref(), Some(&b"{\"old\":1}"[..]));
+        assert!(!s.adopt_loops_file(&file, now()).unwrap(), "nothing to adopt any more");
+    }
+    // A file left over (as if the removal had been cut short) does not replace the store's state.
+    std::fs::write(&file, b"{\"older\":0}").unwrap();
+    let s = Store::open_with(&store_dir, opts(1 << 20), now()).unwrap();
+    assert_eq!(s.loops_state().as_deref(), Some(&b"{\"old\":1}"[..]), "durable: came back from the store");
+    assert!(!s.adopt_loops_file(&file, now()).unwrap());
+    assert!(!file.exists());
+    assert_eq!(s.loops_state().as_deref(), Some(&b"{\"old\":1}"[..]));
+}
+
+#[test]
+fn a_reopened_state_database_gets_the_newest_values_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
+    for (fcnt, loops) in [(1, "a"), (2, "b"), (3, "c")] {
+        let mut b = Batch::default();
+        b.set_fcnt("d", fcnt);
+        b.set_loops_state(loops.into());
+        s.commit(b, now()).unwrap();
+    }
+    s.flush_blocking().unwrap();
+    // sled failed (an I/O error): the store dropped it, with the changes it had not applied yet.
+    {
+        let mut st = s.lock();
+        st.pending_kv.clear();
+        st.tree = None;
+        st.db = None;
+        st.sled_broken_since = Some(Instant::now() - Duration::from_secs(3));
+    }
+    s.maintain(now()).unwrap();
+    assert!(s.lock().tree.is_some(), "sled is back");
+    assert_eq!(s.fcnts().unwrap().get("d"), Some(&3), "the newest value from the log, not the oldest");
+    drop(s);
+    let s = Store::open_with(dir.path(), opts(1 << 20), now()).unwrap();
+    assert_eq!(s.fcnts().unwrap().get("d"), Some(&3));
+    assert_eq!(s.loops_state().as_deref(), Some(&b"c"[..]));
 }

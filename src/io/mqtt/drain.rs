@@ -150,7 +150,7 @@ mod tests {
             gateway_id: "gw".into(),
             ..StoreOptions::default()
         };
-        Store::open_with(dir, opts).unwrap()
+        Store::open_with(dir, opts, crate::clock::now()).unwrap()
     }
 
     /// Commits `n` readings spread over three devices; returns their seqs.
@@ -165,7 +165,7 @@ mod tests {
                 format!("reading/d{}", i % 3),
                 format!("{{\"seq\":{seq},\"pad\":\"{pad}\"}}").into_bytes(),
             ));
-            s.commit(b).unwrap();
+            s.commit(b, crate::clock::now()).unwrap();
             seqs.push(seq);
         }
         s.flush_blocking().unwrap();

@@ -491,13 +491,17 @@ mod tests {
     #[tokio::test]
     async fn a_puback_during_the_drain_is_answered_by_the_next_publish() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open_with(dir.path(), StoreOptions { gateway_id: "gw".into(), ..StoreOptions::default() }).unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            StoreOptions { gateway_id: "gw".into(), ..StoreOptions::default() },
+            crate::clock::now(),
+        )
+        .unwrap();
         for _ in 0..1000 {
             let mut b = Batch::default();
             let seq = store.allocate_seq();
             b.push_record(Record::new(seq, "reading/d", format!("{{\"seq\":{seq}}}").into_bytes()));
-            store.commit(b).unwrap();
+            store.commit(b, crate::clock::now()).unwrap();
         }
         store.flush_blocking().unwrap();
         let s = settings();

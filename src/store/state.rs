@@ -1,0 +1,339 @@
+//! The store's state in sled (`dir` itself is a sled database): frame counters, sessions, nonces,
+//! accepted command ids, remote devices, the control loops' state, the acknowledged-seq set. State
+//! changes travel in the log entry of their [`Batch`] (atomic with its records) and are copied into
+//! sled in the background, at most every [`SLED_APPLY_EVERY`]; at open, what sled had not made
+//! durable is replayed from the log (`m/lsn` says how far it got).
+//!
+//! | sled key                | value                                   |
+//! |-------------------------|-----------------------------------------|
+//! | `m/format`              | store format (u32 LE)                   |
+//! | `m/lsn`                 | last log entry whose state is in sled   |
+//! | `m/next_seq`            | a seq at or above every seq handed out  |
+//! | `m/acked`               | acknowledged seqs (ranges)              |
+//! | `m/episode`             | the running drop episode (JSON)         |
+//! | `m/loops`               | the control loops' state (the pipeline's JSON) |
+//! | `f/` + device name      | last accepted uplink FCnt (u32 BE)      |
+//! | `d/` + device name      | next FCntDown (u32 BE)                  |
+//! | `s/` + device name      | sessions: current + retired (`device_state.rs`) |
+//! | `r/` + device name      | last-heard route: gateway EUI, source name |
+//! | `n/` + DevEUI + nonce   | a used DevNonce (empty value)           |
+//! | `m/join_nonce`          | the next JoinNonce (u32 BE)             |
+//! | `c/` + command id       | an accepted command: forget after (ms)  |
+//! | `u/` + device name      | a device added by `device.upsert` (JSON)|
+//!
+//! Session keys live only here, in the data dir (mode 700, the daemon's user only).
+//!
+//! The control loops' state is written only when it changed (flash wear): a batch carrying the same
+//! bytes as the last written state writes nothing. Older versions kept it in `loops.json` beside the
+//! store; [`Store::adopt_loops_file`] takes that file over once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::bound::episode_json;
+use super::log_format::read_entry;
+use super::recovery::{open_sled, SledOpen};
+use super::{io_err, Batch, State, Store, StoreError};
+use crate::keys::Eui64;
+
+pub(super) const FORMAT_KEY: &[u8] = b"m/format";
+pub(super) const LSN_KEY: &[u8] = b"m/lsn";
+pub(super) const NEXT_SEQ: &[u8] = b"m/next_seq";
+pub(super) const ACKED_KEY: &[u8] = b"m/acked";
+pub(super) const EPISODE_KEY: &[u8] = b"m/episode";
+pub(super) const LOOPS_KEY: &[u8] = b"m/loops";
+pub(super) const FCNT_PREFIX: &[u8] = b"f/";
+pub(super) const FCNT_DOWN_PREFIX: &[u8] = b"d/";
+pub(super) const SESSION_PREFIX: &[u8] = b"s/";
+pub(super) const NONCE_PREFIX: &[u8] = b"n/";
+pub(super) const JOIN_NONCE: &[u8] = b"m/join_nonce";
+pub(super) const COMMAND_PREFIX: &[u8] = b"c/";
+pub(super) const REMOTE_DEVICE_PREFIX: &[u8] = b"u/";
+
+/// How often the log's state changes are copied into sled.
+pub const SLED_APPLY_EVERY: Duration = Duration::from_millis(1000);
+
+pub(super) fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + rest.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+pub(super) fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+impl Batch {
+    pub fn set_fcnt(&mut self, device: &str, fcnt: u32) {
+        self.kv.push((prefixed(FCNT_PREFIX, device.as_bytes()), fcnt.to_be_bytes().to_vec()));
+    }
+    pub fn set_fcnt_down(&mut self, device: &str, next: u32) {
+        self.kv.push((prefixed(FCNT_DOWN_PREFIX, device.as_bytes()), next.to_be_bytes().to_vec()));
+    }
+    pub fn add_dev_nonce(&mut self, dev_eui: Eui64, nonce: u16) {
+        let mut rest = dev_eui.0.to_be_bytes().to_vec();
+        rest.extend_from_slice(&nonce.to_be_bytes());
+        self.kv.push((prefixed(NONCE_PREFIX, &rest), Vec::new()));
+    }
+    pub fn set_join_nonce(&mut self, next: u32) {
+        self.kv.push((JOIN_NONCE.to_vec(), next.to_be_bytes().to_vec()));
+    }
+    /// The control loops' state (opaque bytes: the pipeline's JSON). Written only if it differs from
+    /// the state last written: [`Store::commit`] leaves an unchanged state out (and writes nothing for
+    /// a batch that had nothing else). See also [`Store::stage_loops_state`].
+    pub fn set_loops_state(&mut self, bytes: Vec<u8>) {
+        self.kv.push((LOOPS_KEY.to_vec(), bytes));
+    }
+}
+
+/// Takes an unchanged loops state (the batch's last value for it equals `written`) out of a batch.
+pub(super) fn drop_unchanged_loops_state(kv: &mut Vec<(Vec<u8>, Vec<u8>)>, written: Option<&[u8]>) {
+    let last = kv.iter().rev().find(|(k, _)| k == LOOPS_KEY).map(|(_, v)| v.as_slice());
+    if last.is_some() && last == written {
+        kv.retain(|(k, _)| k != LOOPS_KEY);
+    }
+}
+
+impl Store {
+    /// Copies the log's state changes into sled. `sync`: also make sled durable (needed before a
+    /// segment whose state sled has not persisted is deleted).
+    pub(super) fn apply_to_sled(&self, st: &mut State, sync: bool) -> Result<(), StoreError> {
+        let Some(tree) = st.tree.clone() else {
+            return Err(StoreError::StateUnavailable);
+        };
+        let mut b = sled::Batch::default();
+        for (k, v) in std::mem::take(&mut st.pending_kv) {
+            b.insert(k, v);
+        }
+        b.insert(LSN_KEY, &st.pending_lsn.to_be_bytes());
+        b.insert(NEXT_SEQ, &self.next_seq().to_be_bytes());
+        b.insert(ACKED_KEY, st.acked.encode());
+        match &st.episode {
+            Some(ep) => b.insert(EPISODE_KEY, episode_json(ep).to_string().into_bytes()),
+            None => b.remove(EPISODE_KEY),
+        }
+        let lsn = st.pending_lsn;
+        let r = tree.apply_batch(b).and_then(|_| if sync { tree.flush().map(|_| ()) } else { Ok(()) });
+        st.last_sled_apply = Instant::now();
+        match r {
+            Ok(()) => {
+                if sync {
+                    self.inner.fs.sled_flushed(&self.inner.dir);
+                    st.sled_lsn_durable = lsn;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // sled keeps failing after an I/O error (it remembers it globally): drop it and
+                // reopen later (`maintain`). The log still has everything, and is replayed at reopen.
+                tracing::error!(error = %e, "the state database failed; it will be reopened");
+                st.tree = None;
+                st.db = None;
+                st.sled_broken_since = Some(Instant::now());
+                Err(StoreError::Sled(e))
+            }
+        }
+    }
+
+    /// Reopens sled after a failure (from `maintain`), replaying what it had not made durable.
+    pub(super) fn reopen_sled(&self, st: &mut State) {
+        match open_sled(&self.inner.dir, self.inner.opts.cache_bytes, &*self.inner.fs) {
+            SledOpen::Ok(db, tree) => {
+                tracing::info!("the state database is back");
+                // Everything since what sled made durable is replayed from the log, in log order so
+                // that the newest value of each key wins; then what was appended since the failure
+                // (newer than, or the same as, the log's values).
+                let from = tree.get(LSN_KEY).ok().flatten().and_then(|v| be_u64(&v)).unwrap_or(0);
+                let mut replayed = BTreeMap::new();
+                for seg in st.segments.values() {
+                    let mut off = 0;
+                    while let Ok(Some((e, next))) = read_entry(&*seg.file, off, seg.bytes) {
+                        if e.lsn > from {
+                            replayed.extend(e.kv);
+                        }
+                        off = next;
+                    }
+                }
+                replayed.append(&mut st.pending_kv);
+                st.pending_kv = replayed;
+                st.db = Some(db);
+                st.tree = Some(tree);
+                st.sled_broken_since = None;
+                st.sled_lsn_durable = from;
+                let _ = self.apply_to_sled(st, true);
+            }
+            SledOpen::Damaged(why) | SledOpen::Failed(StoreError::Io { what: why, .. }) => {
+                tracing::warn!(reason = %why, "the state database cannot be reopened yet");
+                st.sled_broken_since = Some(Instant::now());
+            }
+            SledOpen::Failed(e) => {
+                tracing::warn!(error = %e, "the state database cannot be reopened yet");
+                st.sled_broken_since = Some(Instant::now());
+            }
+        }
+    }
+
+    pub(super) fn read_state<T>(&self, f: impl FnOnce(&sled::Tree) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut st = self.lock();
+        if !st.pending_kv.is_empty() {
+            self.apply_to_sled(&mut st, false)?;
+        }
+        let tree = st.tree.clone().ok_or(StoreError::StateUnavailable)?;
+        drop(st);
+        f(&tree)
+    }
+
+    /// Last accepted frame counter per device, to restore the LoRaWAN sessions at start.
+    pub fn fcnts(&self) -> Result<HashMap<String, u32>, StoreError> {
+        self.read_state(|tree| {
+            let mut out = HashMap::new();
+            for item in tree.scan_prefix(FCNT_PREFIX) {
+                let (k, v) = item?;
+                let name = String::from_utf8_lossy(&k[FCNT_PREFIX.len()..]).into_owned();
+                if let Ok(b) = <[u8; 4]>::try_from(v.as_ref()) {
+                    out.insert(name, u32::from_be_bytes(b));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Next FCntDown per device.
+    pub fn fcnts_down(&self) -> Result<HashMap<String, u32>, StoreError> {
+        self.read_state(|tree| {
+            let mut out = HashMap::new();
+            for item in tree.scan_prefix(FCNT_DOWN_PREFIX) {
+                let (k, v) = item?;
+                if let Ok(b) = <[u8; 4]>::try_from(v.as_ref()) {
+                    out.insert(
+                        String::from_utf8_lossy(&k[FCNT_DOWN_PREFIX.len()..]).into_owned(),
+                        u32::from_be_bytes(b),
+                    );
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Used DevNonces per DevEUI.
+    pub fn dev_nonces(&self) -> Result<HashMap<Eui64, Vec<u16>>, StoreError> {
+        self.read_state(|tree| {
+            let mut out: HashMap<Eui64, Vec<u16>> = HashMap::new();
+            for item in tree.scan_prefix(NONCE_PREFIX) {
+                let (k, _) = item?;
+                let rest = &k[NONCE_PREFIX.len()..];
+                let (Some(eui), Some(nonce)) = (rest.get(0..8), rest.get(8..10)) else { continue };
+                let (Ok(eui), Ok(nonce)) = (<[u8; 8]>::try_from(eui), <[u8; 2]>::try_from(nonce)) else { continue };
+                out.entry(Eui64(u64::from_be_bytes(eui))).or_default().push(u16::from_be_bytes(nonce));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The next JoinNonce (0 on a new store).
+    pub fn join_nonce(&self) -> Result<u32, StoreError> {
+        self.read_state(|tree| {
+            Ok(tree.get(JOIN_NONCE)?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes))
+        })
+    }
+
+    /// Remembers an accepted command id until `forget_after_ms` (replay protection across restarts).
+    /// Durable after the next [`Store::flush`]. `now`: the caller's clock, as for [`Store::commit`].
+    pub fn remember_command(&self, id: &str, forget_after_ms: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        b.kv.push((prefixed(COMMAND_PREFIX, id.as_bytes()), forget_after_ms.to_be_bytes().to_vec()));
+        self.commit(b, now)
+    }
+
+    /// Accepted command ids with their forget-after time (ms); expired ones are deleted on the way.
+    pub fn commands_seen(&self, now_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.read_state(|tree| {
+            let mut out = Vec::new();
+            for item in tree.scan_prefix(COMMAND_PREFIX) {
+                let (k, v) = item?;
+                let Ok(b) = <[u8; 8]>::try_from(v.as_ref()) else { continue };
+                let until = i64::from_be_bytes(b);
+                if until < now_ms {
+                    tree.remove(&k)?;
+                    continue;
+                }
+                out.push((String::from_utf8_lossy(&k[COMMAND_PREFIX.len()..]).into_owned(), until));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Devices added or changed remotely (`device.upsert`), as the JSON of their config table.
+    pub fn remote_devices(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read_state(|tree| {
+            let mut out = Vec::new();
+            for item in tree.scan_prefix(REMOTE_DEVICE_PREFIX) {
+                let (k, v) = item?;
+                out.push((String::from_utf8_lossy(&k[REMOTE_DEVICE_PREFIX.len()..]).into_owned(), v.to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Stores (Some) or deletes (None) a remote device; a deleted device is remembered as an empty
+    /// value so that it stays removed even if the config file still lists it. Durable after the next
+    /// [`Store::flush`]. `now`: the caller's clock, as for [`Store::commit`].
+    pub fn set_remote_device(&self, name: &str, json: Option<&[u8]>, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        b.kv.push((prefixed(REMOTE_DEVICE_PREFIX, name.as_bytes()), json.unwrap_or(&[]).to_vec()));
+        self.commit(b, now)
+    }
+
+    /// The control loops' saved state (the bytes last committed with [`Batch::set_loops_state`]), if
+    /// any. Kept in memory since the open: reading it costs no I/O.
+    pub fn loops_state(&self) -> Option<Vec<u8>> {
+        self.lock().loops_written.clone()
+    }
+
+    /// Adds the control loops' state to `batch` if it differs from the state last written; returns
+    /// whether it did. An unchanged state leaves the batch as it was (an empty batch needs no commit
+    /// and no flush: no write at all).
+    pub fn stage_loops_state(&self, batch: &mut Batch, bytes: Vec<u8>) -> bool {
+        if self.lock().loops_written.as_deref() == Some(bytes.as_slice()) {
+            return false;
+        }
+        batch.set_loops_state(bytes);
+        true
+    }
+
+    /// Takes over the loops state that older versions kept in a file beside the store (`loops.json`
+    /// in the data dir), once: if the store has no loops state and the file exists, its bytes are
+    /// committed and flushed as the loops state, and only then is the file removed. If the store
+    /// already has a state, a file still there is a leftover of an adoption cut short after its
+    /// commit, and is removed. Returns whether a file was adopted. `now`: as for [`Store::commit`].
+    pub fn adopt_loops_file(&self, path: &Path, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let fs = &*self.inner.fs;
+        if !fs.exists(path) {
+            return Ok(false);
+        }
+        let adopted = if self.loops_state().is_some() {
+            tracing::info!(path = %path.display(), "the control loops' state is in the store: removing the old file");
+            false
+        } else {
+            let bytes = fs.read(path).map_err(io_err(format!("reading {}", path.display())))?;
+            let mut b = Batch::default();
+            b.set_loops_state(bytes);
+            self.commit(b, now)?;
+            self.flush_blocking()?;
+            tracing::info!(path = %path.display(), "the control loops' state moved into the store");
+            true
+        };
+        let removed = fs.remove_file(path).and_then(|_| match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => fs.sync_dir(dir),
+            _ => Ok(()),
+        });
+        if let Err(e) = removed {
+            tracing::warn!(path = %path.display(), error = %e, "removing the old control loops' state file failed");
+        }
+        Ok(adopted)
+    }
+}
