@@ -3,7 +3,9 @@
 //! `district-core` crate, whose modules are re-exported here under their old paths
 //! (`crate::lorawan`, `crate::netserver`, ...). See ARCHITECTURE.md for the map.
 
-pub use district_core::{aggregate, control, decode, events, ingest, keys, loops, lorawan, meter, netserver, reading};
+pub use district_core::{
+    aggregate, control, decode, events, ingest, keys, loops, lorawan, meter, netserver, reading, topic,
+};
 
 pub mod clock;
 pub mod config;

@@ -63,7 +63,7 @@ pub enum Control {
     },
     /// Journal one message for the broker (e.g. a `cmd/res`); `reply` says whether it is on disk.
     Journal {
-        topic_suffix: String,
+        topic: crate::topic::Topic,
         payload: Vec<u8>,
         reply: oneshot::Sender<bool>,
     },
@@ -618,7 +618,11 @@ fn build_network_server(
         let seq = store.allocate_seq();
         let payload = serde_json::json!({"seq": seq, "device": q.device, "at": rfc3339(crate::clock::now()),
             "event": "device_quarantined", "reason": q.reason});
-        events.push_record(Record::new(seq, format!("event/{}", q.device), payload.to_string().into_bytes()));
+        events.push_record(Record::new(
+            seq,
+            crate::topic::Topic::Event(q.device.clone()),
+            payload.to_string().into_bytes(),
+        ));
     }
     if !events.is_empty() {
         // Before any task runs: the pipeline is not writing yet.
@@ -889,21 +893,21 @@ impl Pipeline {
         let mut n = 0;
         for p in publish {
             let seq = self.store.allocate_seq();
-            let (topic_suffix, payload) = match p {
-                Publish::Aggregate(w) => (w.topic().suffix(), w.to_json(seq, &self.gateway_id)),
+            let (topic, payload) = match p {
+                Publish::Aggregate(w) => (w.topic(), w.to_json(seq, &self.gateway_id)),
                 Publish::Event(e) => {
                     tracing::info!(device = %e.device, event = e.kind, "event");
-                    (e.topic().suffix(), e.to_json(seq))
+                    (e.topic(), e.to_json(seq))
                 }
                 Publish::Json { topic, mut payload } => {
                     if let Some(o) = payload.as_object_mut() {
                         o.entry("seq").or_insert(serde_json::Value::from(seq));
                     }
-                    (topic.suffix(), payload)
+                    (topic, payload)
                 }
             };
             let payload = serde_json::to_vec(&payload).unwrap_or_else(|_| b"{}".to_vec());
-            batch.push_record(Record { seq, topic_suffix, payload });
+            batch.push_record(Record { seq, topic, payload });
             n += 1;
         }
         n
@@ -962,11 +966,7 @@ impl Pipeline {
                 self.board_seen(&reading, now);
                 if self.publish_readings {
                     let seq = self.store.allocate_seq();
-                    batch.push_record(Record {
-                        seq,
-                        topic_suffix: reading.topic().suffix(),
-                        payload: reading.to_json(seq),
-                    });
+                    batch.push_record(Record { seq, topic: reading.topic(), payload: reading.to_json(seq) });
                     readings += 1;
                 }
             }
@@ -981,11 +981,7 @@ impl Pipeline {
                         if self.publish_readings {
                             let seq = self.store.allocate_seq();
                             tracing::debug!(device = %reading.device, seq, "reading");
-                            batch.push_record(Record {
-                                seq,
-                                topic_suffix: reading.topic().suffix(),
-                                payload: reading.to_json(seq),
-                            });
+                            batch.push_record(Record { seq, topic: reading.topic(), payload: reading.to_json(seq) });
                             readings += 1;
                         }
                     }
@@ -1035,9 +1031,9 @@ impl Pipeline {
                 }
             }
             Control::TxFailed { device, f_cnt_down } => self.ns.tx_failed(&device, f_cnt_down),
-            Control::Journal { topic_suffix, payload, reply } => {
+            Control::Journal { topic, payload, reply } => {
                 let mut batch = Batch::default();
-                batch.push_record(Record { seq: self.store.allocate_seq(), topic_suffix, payload });
+                batch.push_record(Record { seq: self.store.allocate_seq(), topic, payload });
                 let ok = self.apply(batch, Output::default(), 0).await;
                 let _ = reply.send(ok);
             }

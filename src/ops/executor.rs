@@ -99,7 +99,7 @@ pub async fn respond(ctx: &ExecutorContext, payload: Vec<u8>) {
 
 pub async fn journal_response(control: &mpsc::Sender<Control>, payload: Vec<u8>) {
     let (reply, done) = oneshot::channel();
-    let req = Control::Journal { topic_suffix: "cmd/res".into(), payload, reply };
+    let req = Control::Journal { topic: crate::topic::Topic::CommandResult, payload, reply };
     if control.send(req).await.is_ok() {
         let _ = done.await;
     }

@@ -23,7 +23,7 @@ use super::fs::FileRef;
 use super::log_format::{encode_entry, read_entry, Entry};
 use super::segment::Segment;
 use super::state::NEXT_SEQ;
-use super::{io_err, Record, RecordKind, State, Store, StoreError};
+use super::{io_err, Record, RecordKind, State, Store, StoreError, Topic};
 
 /// A drop episode ends after this long without a drop.
 pub const EPISODE_QUIET: Duration = Duration::from_secs(5);
@@ -55,7 +55,7 @@ pub struct CommitReport {
 /// [`Batch::push_announcement`]: super::Batch::push_announcement
 #[derive(Debug, Clone)]
 pub struct Announcement {
-    pub(super) topic_suffix: String,
+    pub(super) topic: Topic,
     pub(super) json: serde_json::Value,
 }
 
@@ -67,7 +67,7 @@ impl Announcement {
     pub fn into_record(self, seq: u64) -> Record {
         let mut j = self.json;
         j["seq"] = seq.into();
-        Record::new(seq, self.topic_suffix, j.to_string().into_bytes())
+        Record::new(seq, self.topic, j.to_string().into_bytes())
     }
 }
 
@@ -308,7 +308,7 @@ impl Store {
         let before = entry.records.len();
         let (mut first, mut last) = (u64::MAX, 0);
         entry.records.retain(|r| {
-            if r.1 == RecordKind::Reading {
+            if r.1.kind() == RecordKind::Reading {
                 first = first.min(r.0);
                 last = last.max(r.0);
                 false
@@ -411,7 +411,7 @@ impl Store {
         .into();
         j["ended_at"] = j["at"].clone();
         tracing::warn!(readings = ep.readings, others = ep.others, "buffer drop episode ended: announced as an event");
-        Announcement { topic_suffix: format!("event/{}", self.inner.opts.gateway_id), json: j }
+        Announcement { topic: Topic::Event(self.inner.opts.gateway_id.clone()), json: j }
     }
 }
 

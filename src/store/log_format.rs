@@ -3,13 +3,13 @@
 //!
 //! An entry is a header (body length, CRC-32 of the body; both u32 LE) and a body: lsn, time (ms since
 //! 1970), the counts of records, state changes and acknowledgement ranges, then each of them. A record
-//! is its seq, kind, payload format (`codec.rs`), topic (the kind's usual prefix stored as one tag byte)
-//! and stored payload; a state change is a sled key and value; an acknowledgement is an inclusive seq
+//! is its seq, its topic's code (`Topic::code`), payload format (`codec.rs`), the topic's name (see
+//! [`TAG_NAME`]) and stored payload; a state change is a sled key and value; an acknowledgement is an inclusive seq
 //! range. The CRC makes a torn or damaged entry detectable: reading stops there.
 
 use super::codec;
 use super::fs::FsFile;
-use super::RecordKind;
+use super::Topic;
 
 /// Log entry header: body length and CRC-32 of the body.
 const HEADER: usize = 8;
@@ -21,50 +21,35 @@ const MAX_ENTRY: usize = 64 << 20;
 pub(super) struct Entry {
     pub(super) lsn: u64,
     pub(super) time_ms: u64,
-    /// (seq, kind, topic, format, stored payload)
-    pub(super) records: Vec<(u64, RecordKind, String, u8, Vec<u8>)>,
+    /// (seq, topic, format, stored payload)
+    pub(super) records: Vec<(u64, Topic, u8, Vec<u8>)>,
     pub(super) kv: Vec<(Vec<u8>, Vec<u8>)>,
     pub(super) acks: Vec<(u64, u64)>,
 }
 
-fn kind_code(k: RecordKind) -> u8 {
-    match k {
-        RecordKind::Reading => 0,
-        RecordKind::Aggregate => 1,
-        RecordKind::Event => 2,
-        RecordKind::Other => 3,
-    }
-}
-
-fn kind_from(c: u8) -> RecordKind {
-    match c {
-        0 => RecordKind::Reading,
-        1 => RecordKind::Aggregate,
-        2 => RecordKind::Event,
-        _ => RecordKind::Other,
-    }
-}
-
-/// Topic prefixes stored as one byte (the kind already says which).
-const TOPIC_PREFIXES: [&str; 4] = ["reading/", "agg/", "event/", ""];
+/// How a record's topic is written: its [`Topic::code`] (one byte), then a tag and a string. Tag 1: the
+/// string is the topic's [`Topic::name`]. Tag 0: the string is a whole topic suffix — written by
+/// versions before topics were stored by variant (code 3, "any other topic": `lighting/{zone}`,
+/// `dr/status`, `cmd/res`, ...), read back with [`Topic::from_legacy`]; this version writes tag 0
+/// only for a [`Topic::Legacy`]. Codes 0-2 (readings, aggregates, events) were always written with
+/// tag 1 and their name, as now.
+const TAG_NAME: u8 = 1;
 
 pub(super) fn encode_entry(e: &Entry) -> Vec<u8> {
-    let mut b = Vec::with_capacity(64 + e.records.iter().map(|r| r.4.len() + r.2.len() + 16).sum::<usize>());
+    let mut b = Vec::with_capacity(64 + e.records.iter().map(|r| r.3.len() + r.1.name().len() + 16).sum::<usize>());
     b.extend_from_slice(&[0; HEADER]);
     b.extend_from_slice(&e.lsn.to_le_bytes());
     b.extend_from_slice(&e.time_ms.to_le_bytes());
     b.extend_from_slice(&(e.records.len() as u32).to_le_bytes());
     b.extend_from_slice(&(e.kv.len() as u32).to_le_bytes());
     b.extend_from_slice(&(e.acks.len() as u32).to_le_bytes());
-    for (seq, kind, topic, fmt, payload) in &e.records {
+    for (seq, topic, fmt, payload) in &e.records {
         b.extend_from_slice(&seq.to_le_bytes());
-        b.push(kind_code(*kind));
+        b.push(topic.code());
         b.push(*fmt);
-        let prefix = TOPIC_PREFIXES[kind_code(*kind) as usize];
-        let rest = topic.strip_prefix(prefix).filter(|_| !prefix.is_empty());
-        let (tag, t) = match rest {
-            Some(r) => (1u8, r),
-            None => (0u8, topic.as_str()),
+        let (tag, t) = match topic {
+            Topic::Legacy(t) => (0u8, t.as_str()),
+            t => (TAG_NAME, t.name()),
         };
         b.push(tag);
         let tb = &t.as_bytes()[..t.len().min(u16::MAX as usize)];
@@ -97,15 +82,15 @@ fn decode_body(body: &[u8]) -> Option<Entry> {
     let (n_rec, n_kv, n_ack) = (r.u32()?, r.u32()?, r.u32()?);
     for _ in 0..n_rec {
         let seq = r.u64()?;
-        let kind = kind_from(r.u8()?);
+        let code = r.u8()?;
         let fmt = r.u8()?;
         let tag = r.u8()?;
         let tlen = r.u16()? as usize;
-        let t = std::str::from_utf8(r.bytes(tlen)?).ok()?;
-        let topic = if tag == 1 { format!("{}{t}", TOPIC_PREFIXES[kind_code(kind) as usize]) } else { t.to_string() };
+        let t = std::str::from_utf8(r.bytes(tlen)?).ok()?.to_string();
+        let topic = if tag == TAG_NAME { Topic::from_code(code, t) } else { Topic::from_legacy(t) };
         let plen = r.u32()? as usize;
         let payload = r.bytes(plen)?.to_vec();
-        e.records.push((seq, kind, topic, fmt, payload));
+        e.records.push((seq, topic, fmt, payload));
     }
     for _ in 0..n_kv {
         let klen = r.u16()? as usize;
@@ -156,4 +141,63 @@ pub(super) fn ack_ranges(mut seqs: Vec<u64>) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body of an entry with one record, as versions before `Topic` wrote it: code, format, tag 0
+    /// and the whole topic string.
+    fn old_body(code: u8, topic: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&7u64.to_le_bytes()); // lsn
+        b.extend_from_slice(&0u64.to_le_bytes()); // time
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&42u64.to_le_bytes());
+        b.extend_from_slice(&[code, 0, 0]);
+        b.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+        b.extend_from_slice(topic.as_bytes());
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(b"{}");
+        b
+    }
+
+    #[test]
+    fn records_of_older_versions_read_back_as_their_topics() {
+        for (topic, want) in [
+            ("lighting/north", Topic::Lighting("north".into())),
+            ("dr/status", Topic::DrStatus),
+            ("cmd/res", Topic::CommandResult),
+            ("loads/hp-1", Topic::Legacy("loads/hp-1".into())),
+        ] {
+            let e = decode_body(&old_body(3, topic)).expect("an old entry decodes");
+            assert_eq!(e.records[0].1, want, "{topic}");
+        }
+    }
+
+    #[test]
+    fn every_topic_round_trips_through_an_entry() {
+        let topics = [
+            Topic::Reading("d".into()),
+            Topic::Aggregate("lighting-north".into()),
+            Topic::Event("gw".into()),
+            Topic::Lighting("north".into()),
+            Topic::DrStatus,
+            Topic::CommandResult,
+            Topic::Load("reading/looks-like-one".into()),
+            Topic::Legacy("x/y".into()),
+        ];
+        let e = Entry {
+            lsn: 1,
+            records: topics.iter().enumerate().map(|(i, t)| (i as u64, t.clone(), 0, b"{}".to_vec())).collect(),
+            ..Entry::default()
+        };
+        let bytes = encode_entry(&e);
+        let back = decode_body(&bytes[HEADER..]).expect("decodes");
+        let got: Vec<Topic> = back.records.into_iter().map(|r| r.1).collect();
+        assert_eq!(got, topics);
+    }
 }

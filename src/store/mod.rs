@@ -118,45 +118,27 @@ fn ms(now: DateTime<Utc>) -> u64 {
     u64::try_from(now.timestamp_millis()).unwrap_or(0)
 }
 
-/// What a record is, for the drop policy: raw readings go first, everything else outranks them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RecordKind {
-    Reading,
-    Aggregate,
-    Event,
-    /// Command responses, state and anything else.
-    Other,
-}
+pub use crate::topic::Topic;
+/// What a record is, for the drop policy (raw readings go first, everything else outranks them): its
+/// topic's kind.
+pub use crate::topic::TopicKind as RecordKind;
 
-impl RecordKind {
-    /// The kind follows from the topic (PRODUCT.md pins the topics), so producers need not say it.
-    pub fn of_topic(topic_suffix: &str) -> RecordKind {
-        if topic_suffix.starts_with("reading/") {
-            RecordKind::Reading
-        } else if topic_suffix.starts_with("agg/") {
-            RecordKind::Aggregate
-        } else if topic_suffix.starts_with("event/") {
-            RecordKind::Event
-        } else {
-            RecordKind::Other
-        }
-    }
-}
-
-/// One message waiting for the broker: where it goes (relative to `{prefix}/{gateway}/`) and its JSON.
+/// One message waiting for the broker: its topic (which says where it goes, relative to
+/// `{prefix}/{gateway}/`, its kind and whether it is retained; the log keeps it as the topic's code
+/// and name) and its JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub seq: u64,
-    pub topic_suffix: String,
+    pub topic: Topic,
     pub payload: Vec<u8>,
 }
 
 impl Record {
-    pub fn new(seq: u64, topic_suffix: impl Into<String>, payload: Vec<u8>) -> Record {
-        Record { seq, topic_suffix: topic_suffix.into(), payload }
+    pub fn new(seq: u64, topic: Topic, payload: Vec<u8>) -> Record {
+        Record { seq, topic, payload }
     }
     pub fn kind(&self) -> RecordKind {
-        RecordKind::of_topic(&self.topic_suffix)
+        self.topic.kind()
     }
 }
 
@@ -274,7 +256,7 @@ struct State {
     pending_lsn: u64,
     sled_lsn_durable: u64,
     last_sled_apply: Instant,
-    topic_last: HashMap<String, u64>,
+    topic_last: HashMap<Topic, u64>,
     /// The highest seq in the log (single writer: every seq below it that will ever be committed is).
     max_committed: u64,
     /// The highest seq in the log that is fsynced (durable): what readers may see.
@@ -386,9 +368,8 @@ impl Store {
         let records = std::mem::take(&mut batch.records)
             .into_iter()
             .map(|r| {
-                let kind = r.kind();
                 let (fmt, payload) = codec::compact(&r.payload);
-                (r.seq, kind, r.topic_suffix, fmt, payload)
+                (r.seq, r.topic, fmt, payload)
             })
             .collect();
         // The last value per key is enough (a batch may set one device's counter several times).

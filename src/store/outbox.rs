@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 
 use super::codec;
 use super::log_format::read_entry;
-use super::{Record, Store, StoreError};
+use super::{Record, Store, StoreError, Topic};
 
 impl Store {
     /// The highest seq committed to the outbox *and made durable* (fsynced) so far, without taking
@@ -75,7 +75,7 @@ impl Store {
                 };
                 let first = e.records.first().map(|r| r.0);
                 let mut full = false;
-                for (seq, _kind, topic, fmt, payload) in e.records {
+                for (seq, topic, fmt, payload) in e.records {
                     if seq < from || st.acked.contains(seq) {
                         continue;
                     }
@@ -87,7 +87,7 @@ impl Store {
                         tracing::warn!(seq, "outbox record unreadable, skipped");
                         continue;
                     };
-                    let r = Record { seq, topic_suffix: topic, payload };
+                    let r = Record { seq, topic, payload };
                     if want(&r) {
                         out.push(r);
                         if out.len() >= max {
@@ -151,7 +151,7 @@ impl Store {
     /// The highest durable seq ([`Store::max_committed`]) and, for each topic, the highest seq
     /// journaled on it that may still wait in the outbox, taken together. The uplink takes this
     /// snapshot when it connects, to keep each device's order while it drains the backlog.
-    pub fn outbox_snapshot(&self) -> (u64, HashMap<String, u64>) {
+    pub fn outbox_snapshot(&self) -> (u64, HashMap<Topic, u64>) {
         let st = self.lock();
         (st.durable_seq, st.topic_last.clone())
     }

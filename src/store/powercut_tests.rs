@@ -48,7 +48,7 @@ impl Rng {
 /// What the test knows: what was promised, and what may or may not have survived.
 #[derive(Default)]
 struct Model {
-    payloads: HashMap<u64, (String, Vec<u8>)>,
+    payloads: HashMap<u64, (Topic, Vec<u8>)>,
     /// Committed, not yet flushed: may or may not survive a cut.
     committed: BTreeSet<u64>,
     /// Committed and then flushed: must survive (unless acked or dropped).
@@ -153,7 +153,7 @@ fn counts_agree(s: &Store) -> Result<(), String> {
         while let Ok(Some((e, next))) = read_entry(&*seg.file, off, seg.bytes) {
             for rec in &e.records {
                 if !st.acked.contains(rec.0) {
-                    if rec.1 == RecordKind::Reading {
+                    if rec.1.kind() == RecordKind::Reading {
                         r += 1;
                     } else {
                         o += 1;
@@ -272,10 +272,15 @@ impl Run {
             let mut seqs = Vec::new();
             for _ in 0..1 + self.rng.below(6) {
                 let seq = s.allocate_seq();
-                let topic = match self.rng.below(10) {
-                    0 => "event/bin-1".to_string(),
-                    1 => "agg/d0".to_string(),
-                    n => format!("reading/{}", DEVICES[n as usize % 4]),
+                // Every kind of topic: each must come back as the same variant.
+                let topic = match self.rng.below(14) {
+                    0 => Topic::Event("bin-1".into()),
+                    1 => Topic::Aggregate("d0".into()),
+                    2 => Topic::Lighting("north".into()),
+                    3 => Topic::DrStatus,
+                    4 => Topic::CommandResult,
+                    5 => Topic::Load("loads/hp-1".into()),
+                    n => Topic::Reading(DEVICES[n as usize % 4].into()),
                 };
                 let pad = "p".repeat(self.rng.below(300) as usize);
                 let payload = format!("{{\"seq\":{seq},\"pad\":\"{pad}\"}}").into_bytes();
@@ -350,7 +355,7 @@ impl Run {
                 if !m.durable.contains(&r.seq) {
                     return Err(format!("a reader saw seq {} before it was flushed (watermark {wm})", r.seq));
                 }
-                if m.payloads.get(&r.seq).is_some_and(|(t, p)| *t != r.topic_suffix || *p != r.payload) {
+                if m.payloads.get(&r.seq).is_some_and(|(t, p)| *t != r.topic || *p != r.payload) {
                     return Err(format!("seq {} read back different from what was committed", r.seq));
                 }
                 m.seen.insert(r.seq);
@@ -401,7 +406,7 @@ impl Run {
                 if j["event"] != "buffer_dropped" || j["seq"] != seq {
                     return Err(format!("a bad announcement: {j}"));
                 }
-                m.payloads.insert(seq, (rec.topic_suffix.clone(), rec.payload.clone()));
+                m.payloads.insert(seq, (rec.topic.clone(), rec.payload.clone()));
                 let mut b = Batch::default();
                 b.push_record(rec);
                 if commit_tracked(s, m, b, &[seq])?.is_none() {
@@ -438,7 +443,7 @@ impl Run {
         }
         for (seq, r) in &present {
             match m.payloads.get(seq) {
-                Some((t, p)) if *t == r.topic_suffix && *p == r.payload => {}
+                Some((t, p)) if *t == r.topic && *p == r.payload => {}
                 Some(_) => return Err(format!("seq {seq} came back different")),
                 None => return Err(format!("seq {seq} came back but was never committed")),
             }

@@ -26,7 +26,7 @@ use super::log_format::read_entry;
 use super::ranges::RangeSet;
 use super::segment::{create_segment, read_seq_floor, seg_path, ScannedSegment, Segment, SEQ_FLOOR};
 use super::state::{be_u64, ACKED_KEY, EPISODE_KEY, FORMAT_KEY, LOOPS_KEY, LSN_KEY, NEXT_SEQ};
-use super::{io_err, Batch, Inner, Record, State, Store, StoreError, StoreOptions, StoreStats};
+use super::{io_err, Batch, Inner, Record, State, Store, StoreError, StoreOptions, StoreStats, Topic};
 
 const FORMAT: u32 = 2;
 /// The legacy (format 1) outbox: one sled key per record. Migrated into the log at open.
@@ -244,7 +244,7 @@ impl Store {
                 for (s, en) in &e.acks {
                     acked.insert_range(*s, *en);
                 }
-                for (seq, _, topic, ..) in &e.records {
+                for (seq, topic, ..) in &e.records {
                     max_seq = max_seq.max(*seq);
                     topic_last.insert(topic.clone(), *seq);
                 }
@@ -351,8 +351,7 @@ impl Store {
                 "moved_to": aside.display().to_string(),
                 "records_recovered": report.records,
             });
-            report.damage_event =
-                Some(Announcement { topic_suffix: format!("event/{}", opts.gateway_id), json: payload });
+            report.damage_event = Some(Announcement { topic: Topic::Event(opts.gateway_id.clone()), json: payload });
         }
 
         // Carry a legacy (format 1) outbox over into the log.
@@ -398,7 +397,11 @@ impl Store {
             keys.push(seq);
             let len = u16::from_be_bytes([v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0)]) as usize;
             let (Some(topic), Some(payload)) = (v.get(2..2 + len), v.get(2 + len..)) else { continue };
-            b.push_record(Record::new(seq, String::from_utf8_lossy(topic).into_owned(), payload.to_vec()));
+            b.push_record(Record::new(
+                seq,
+                Topic::from_legacy(String::from_utf8_lossy(topic).into_owned()),
+                payload.to_vec(),
+            ));
         }
         self.commit(b, now)?;
         self.flush_blocking()?;

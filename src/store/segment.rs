@@ -88,11 +88,11 @@ impl Segment {
                 self.first_ms = e.time_ms;
             }
         }
-        for (seq, kind, ..) in &e.records {
+        for (seq, topic, ..) in &e.records {
             self.last_seq = self.last_seq.max(*seq);
             self.records += 1;
             let done = acked.contains(*seq);
-            if *kind == RecordKind::Reading {
+            if topic.kind() == RecordKind::Reading {
                 self.unacked_readings += u64::from(!done);
             } else {
                 self.others.push(*seq);
@@ -198,7 +198,7 @@ impl Store {
             st.written_lsn = entry.lsn;
             st.pending_lsn = entry.lsn;
         }
-        for (seq, _, topic, ..) in &entry.records {
+        for (seq, topic, ..) in &entry.records {
             st.max_committed = st.max_committed.max(*seq);
             match st.topic_last.get_mut(topic) {
                 Some(v) => *v = (*v).max(*seq),

@@ -11,7 +11,11 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 
 fn rec(seq: u64) -> Record {
     let pad = "x".repeat(200);
-    Record::new(seq, "reading/d", format!("{{\"seq\":{seq},\"device\":\"d\",\"pad\":\"{pad}\"}}").into_bytes())
+    Record::new(
+        seq,
+        Topic::Reading("d".into()),
+        format!("{{\"seq\":{seq},\"device\":\"d\",\"pad\":\"{pad}\"}}").into_bytes(),
+    )
 }
 
 fn opts(max_bytes: u64) -> StoreOptions {
@@ -129,7 +133,11 @@ fn drop_oldest_keeps_events_and_counts_exactly() {
         let seq = s.allocate_seq();
         if i % 50 == 0 {
             events.push(seq);
-            b.push_record(Record::new(seq, "event/bin-1", format!("{{\"seq\":{seq},\"event\":\"x\"}}").into_bytes()));
+            b.push_record(Record::new(
+                seq,
+                Topic::Event("bin-1".into()),
+                format!("{{\"seq\":{seq},\"event\":\"x\"}}").into_bytes(),
+            ));
         } else {
             readings += 1;
             b.push_record(rec(seq));
@@ -154,7 +162,8 @@ fn drop_oldest_keeps_events_and_counts_exactly() {
     b.push_announcement(a, s.allocate_seq());
     s.commit(b, now()).unwrap();
     s.flush_blocking().unwrap();
-    let ev: Vec<_> = s.read_from(0, 10_000).unwrap().into_iter().filter(|r| r.topic_suffix == "event/gw").collect();
+    let ev: Vec<_> =
+        s.read_from(0, 10_000).unwrap().into_iter().filter(|r| r.topic == Topic::Event("gw".into())).collect();
     assert_eq!(ev.len(), 1);
     let j: serde_json::Value = serde_json::from_slice(&ev[0].payload).unwrap();
     assert_eq!(j["event"], "buffer_dropped");
@@ -223,7 +232,7 @@ fn torn_tail_is_cut_and_damage_is_moved_aside() {
     s.flush_blocking().unwrap();
     let recs = s.read_from(0, 100).unwrap();
     assert_eq!(recs.iter().filter(|r| r.kind() == RecordKind::Reading).count(), 10);
-    let ev = recs.iter().find(|r| r.topic_suffix == "event/gw").expect("the event is in the outbox");
+    let ev = recs.iter().find(|r| r.topic == Topic::Event("gw".into())).expect("the event is in the outbox");
     let j: serde_json::Value = serde_json::from_slice(&ev.payload).unwrap();
     assert_eq!((j["event"].as_str(), j["seq"].as_u64()), (Some("store_damaged"), Some(first_new)));
     assert_eq!(j["records_recovered"], 10);

@@ -3,7 +3,8 @@
 //! A message is given its [`Topic`] where it is made; the topic knows its suffix, its kind (for the
 //! store's drop policy), whether the broker retains it and whether it is marked `"replayed": true`
 //! when it goes out from the backlog. Nothing parses a topic string back to find these out: the store
-//! keeps the topic's [`Topic::code`] and [`Topic::name`] beside each record.
+//! keeps the topic's [`Topic::code`] and [`Topic::name`] beside each record. The one exception is
+//! [`Topic::from_legacy`], for records that older versions journaled as bare strings.
 
 use std::fmt;
 
@@ -34,8 +35,8 @@ pub enum Topic {
     CommandResult,
     /// A demand-response load's own topic (`output = { mqtt = "..." }`): its latest state, retained.
     Load(String),
-    /// A record written by a version that stored only the topic string and none of the above (read
-    /// from an old store; published as it was, never retained).
+    /// A topic none of the above (read from a store an older version wrote; published as it was,
+    /// never retained).
     Legacy(String),
 }
 
@@ -65,13 +66,7 @@ impl Topic {
     /// Whether the broker keeps the latest message for new subscribers (PRODUCT.md: `lighting/{zone}`
     /// and `dr/status`; a load's own topic carries its state the same way).
     pub fn retained(&self) -> bool {
-        match self {
-            Topic::Lighting(_) | Topic::DrStatus | Topic::Load(_) => true,
-            // The one place a topic string is looked at: records an older version journaled, which it
-            // published retained by this rule.
-            Topic::Legacy(t) => t.starts_with("lighting/") || t == "dr/status",
-            _ => false,
-        }
+        matches!(self, Topic::Lighting(_) | Topic::DrStatus | Topic::Load(_))
     }
 
     /// Whether a message sent late from the backlog is marked `"replayed": true`: data messages
@@ -123,6 +118,30 @@ impl Topic {
     }
 }
 
+impl Topic {
+    /// A topic suffix as versions before this type journaled it (a bare string), read back once when
+    /// such a record is loaded. A load's own topic cannot be told apart from other topics there and
+    /// stays a `Legacy` topic (published, not retained, as those versions did).
+    pub fn from_legacy(suffix: String) -> Topic {
+        let name = |prefix: &str| suffix.strip_prefix(prefix).map(str::to_string);
+        if let Some(d) = name("reading/") {
+            Topic::Reading(d)
+        } else if let Some(n) = name("agg/") {
+            Topic::Aggregate(n)
+        } else if let Some(d) = name("event/") {
+            Topic::Event(d)
+        } else if let Some(z) = name("lighting/") {
+            Topic::Lighting(z)
+        } else if suffix == "dr/status" {
+            Topic::DrStatus
+        } else if suffix == "cmd/res" {
+            Topic::CommandResult
+        } else {
+            Topic::Legacy(suffix)
+        }
+    }
+}
+
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.suffix())
@@ -167,7 +186,7 @@ mod tests {
     #[test]
     fn retained_and_replayable_follow_the_variant_not_the_string() {
         let retained: Vec<bool> = all().iter().map(Topic::retained).collect();
-        assert_eq!(retained, [false, false, false, true, true, false, true, true]);
+        assert_eq!(retained, [false, false, false, true, true, false, true, false]);
         let replayable: Vec<bool> = all().iter().map(Topic::replayable).collect();
         assert_eq!(replayable, [true, true, true, false, false, false, false, false]);
         // A load topic that looks like a reading's is still a load's.
@@ -181,5 +200,13 @@ mod tests {
             assert_eq!(Topic::from_code(t.code(), t.name().to_string()), t);
         }
         assert_eq!(Topic::from_code(200, "x/y".into()), Topic::Legacy("x/y".into()));
+    }
+
+    #[test]
+    fn legacy_strings_become_their_topics() {
+        for t in all().into_iter().filter(|t| !matches!(t, Topic::Load(_))) {
+            assert_eq!(Topic::from_legacy(t.suffix()), t);
+        }
+        assert_eq!(Topic::from_legacy("loads/hp-1".into()), Topic::Legacy("loads/hp-1".into()));
     }
 }

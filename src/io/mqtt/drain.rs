@@ -2,6 +2,7 @@
 //! the live records held back behind it), in seq order, reading ahead from the outbox in batches.
 //! The rules it keeps are described in the parent module.
 
+use crate::store::Topic;
 use std::collections::{HashMap, VecDeque};
 
 use crate::store::{Record, Store};
@@ -11,9 +12,9 @@ pub(super) struct Drain {
     /// Records at or below this seq were in the outbox when the connection came up.
     pub(super) replay_upto: u64,
     /// Per topic: the last seq journaled on it by the time the connection came up.
-    backlog_last: HashMap<String, u64>,
+    backlog_last: HashMap<Topic, u64>,
     /// Per topic: the last live record the live cursor held back (the drain cursor publishes it).
-    pub(super) held_last: HashMap<String, u64>,
+    pub(super) held_last: HashMap<Topic, u64>,
     /// Next seq the drain cursor looks at: everything of ours below it has been published. It never
     /// passes the live cursor.
     pub(super) cursor: u64,
@@ -37,7 +38,7 @@ pub(super) struct Drain {
 }
 
 impl Drain {
-    pub(super) fn new(replay_upto: u64, backlog_last: HashMap<String, u64>, rate: u32) -> Drain {
+    pub(super) fn new(replay_upto: u64, backlog_last: HashMap<Topic, u64>, rate: u32) -> Drain {
         let backlog_last = backlog_last.into_iter().map(|(t, s)| (t, s.min(replay_upto))).collect();
         Drain {
             replay_upto,
@@ -56,7 +57,7 @@ impl Drain {
     }
 
     /// Whether a live record on `topic` must wait for the drain cursor.
-    pub(super) fn holds(&self, topic: &str) -> bool {
+    pub(super) fn holds(&self, topic: &Topic) -> bool {
         !self.done
             && (self.backlog_last.get(topic).is_some_and(|l| *l >= self.cursor)
                 || self.held_last.get(topic).is_some_and(|l| *l >= self.cursor))
@@ -64,7 +65,7 @@ impl Drain {
 
     /// Whether the drain cursor publishes `r` (backlog, or a live record that was held back).
     fn owns(&self, r: &Record) -> bool {
-        r.seq <= self.replay_upto || self.held_last.get(&r.topic_suffix).is_some_and(|l| r.seq <= *l)
+        r.seq <= self.replay_upto || self.held_last.get(&r.topic).is_some_and(|l| r.seq <= *l)
     }
 
     pub(super) fn refill(&mut self) {
@@ -162,7 +163,7 @@ mod tests {
             let pad = "x".repeat(200);
             b.push_record(Record::new(
                 seq,
-                format!("reading/d{}", i % 3),
+                Topic::Reading(format!("d{}", i % 3)),
                 format!("{{\"seq\":{seq},\"pad\":\"{pad}\"}}").into_bytes(),
             ));
             s.commit(b, crate::clock::now()).unwrap();
@@ -195,7 +196,7 @@ mod tests {
         }
         assert_eq!(got, seqs);
         assert!(d.done, "the drain ends when the backlog is out");
-        assert!(!d.holds("reading/d0"));
+        assert!(!d.holds(&Topic::Reading("d0".into())));
     }
 
     #[test]
@@ -206,8 +207,9 @@ mod tests {
         let mut d = drain_for(&s);
         let live_seqs = put(&s, 3); // one new reading on each device
         for seq in &live_seqs {
-            assert!(d.holds(&format!("reading/d{}", (seq - 1) % 3)));
-            d.held_last.insert(format!("reading/d{}", (seq - 1) % 3), *seq);
+            let topic = Topic::Reading(format!("d{}", (seq - 1) % 3));
+            assert!(d.holds(&topic));
+            d.held_last.insert(topic, *seq);
         }
         let live = s.next_seq();
         let mut got = Vec::new();

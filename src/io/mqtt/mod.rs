@@ -175,11 +175,6 @@ struct Link {
     drain_unacked: usize,
 }
 
-/// Topics PRODUCT.md pins as retained: the latest zone state and demand-response status.
-fn retained_topic(topic_suffix: &str) -> bool {
-    topic_suffix.starts_with("lighting/") || topic_suffix == "dr/status"
-}
-
 impl Link {
     fn unacked(&self) -> usize {
         self.queued.len() + self.inflight.len()
@@ -188,10 +183,9 @@ impl Link {
     fn publish(&mut self, client: &AsyncClient, s: &UplinkSettings, r: Record, replayed: bool, drain: bool) -> bool {
         // `"replayed": true` marks data messages (readings, aggregates, events) sent late; a `cmd/res`
         // or a state message keeps its pinned shape.
-        let data = !matches!(r.kind(), crate::store::RecordKind::Other);
-        let payload = if replayed && data { mark_replayed(&r.payload) } else { r.payload };
-        let retain = retained_topic(&r.topic_suffix);
-        let topic = format!("{}{}", s.topic_base, r.topic_suffix);
+        let payload = if replayed && r.topic.replayable() { mark_replayed(&r.payload) } else { r.payload };
+        let retain = r.topic.retained();
+        let topic = format!("{}{}", s.topic_base, r.topic);
         if client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_err() {
             return false; // request channel full: try again after the next event
         }
@@ -232,8 +226,8 @@ impl Link {
             }
             for r in records {
                 let seq = r.seq;
-                if self.drain.holds(&r.topic_suffix) {
-                    self.drain.held_last.insert(r.topic_suffix.clone(), seq);
+                if self.drain.holds(&r.topic) {
+                    self.drain.held_last.insert(r.topic.clone(), seq);
                     self.live = seq + 1;
                     continue;
                 }
@@ -500,7 +494,11 @@ mod tests {
         for _ in 0..1000 {
             let mut b = Batch::default();
             let seq = store.allocate_seq();
-            b.push_record(Record::new(seq, "reading/d", format!("{{\"seq\":{seq}}}").into_bytes()));
+            b.push_record(Record::new(
+                seq,
+                crate::topic::Topic::Reading("d".into()),
+                format!("{{\"seq\":{seq}}}").into_bytes(),
+            ));
             store.commit(b, crate::clock::now()).unwrap();
         }
         store.flush_blocking().unwrap();
