@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod prometheus;
 pub mod signed;
 
 use std::collections::HashMap;
