@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use district_gateway::{config, ops};
+use district_gateway::{config, ops, runtime};
 
 #[derive(Parser)]
 #[command(
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
                 }
             };
             ops::logging::init(&cfg.gateway.log_level);
-            block_on(ops::supervisor::run(config, cfg))
+            block_on(runtime::supervisor::run(config, cfg))
         }
         Command::Simulate { gwmp, devices, rate, seconds, fcnt_start, acked_log, make_devices, profile } => {
             use district_gateway::sim::simulate;

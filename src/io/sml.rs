@@ -8,22 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio_serial::SerialPortBuilderExt;
 
 use crate::config::SmlSource;
+use crate::ingest::MeterSample;
 use crate::io::status::{sleep_or_shutdown, Backoff, SourceStatus};
 use crate::meter::{self, FrameEvent, SmlFramer};
-
-/// One meter reading, before it becomes a `Reading`.
-#[derive(Debug, Clone)]
-pub struct MeterSample {
-    pub device: String,
-    pub at: chrono::DateTime<Utc>,
-    pub metrics: serde_json::Map<String, serde_json::Value>,
-}
 
 /// If nothing arrives for this long, the source says so (the port stays open: meters are often slow).
 const SILENT_AFTER: Duration = Duration::from_secs(60);

@@ -13,12 +13,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bus::{Control, DeviceChange};
 use crate::config::{Config, DeviceConfig};
+use crate::counters::Counters;
 use crate::io::status::SourceStatus;
 use crate::ops::commands::{Command, CommandCounts, CommandName, Refusal, RefusalCode, Verifier};
-use crate::ops::counters::Counters;
 use crate::reading::rfc3339;
-use crate::runtime::Control;
 use crate::store::Store;
 
 /// A `config.apply` handed to the supervisor, which answers it after the health verdict.
@@ -196,7 +196,7 @@ async fn device_upsert(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Value
     let activation = dev.activation().map_err(|e| cmd.refuse(RefusalCode::InvalidArgs, e.to_string()))?;
     let decoder = match dev.js_codec_path() {
         Some(path) => Some(
-            crate::runtime::load_js_codec(&ctx.config, &dev.profile, path)
+            crate::codecs::load_js_codec(&ctx.config, &dev.profile, path)
                 .map_err(|e| cmd.refuse(RefusalCode::InvalidArgs, format!("profile: {e:#}")))?,
         ),
         None => None,
@@ -234,8 +234,8 @@ async fn device_remove(ctx: &mut ExecutorContext, cmd: &Command) -> Result<Value
 async fn device_change(
     ctx: &ExecutorContext,
     cmd: &Command,
-    control: impl FnOnce(oneshot::Sender<Result<crate::runtime::DeviceChange, String>>) -> Control,
-) -> Result<crate::runtime::DeviceChange, Refusal> {
+    control: impl FnOnce(oneshot::Sender<Result<DeviceChange, String>>) -> Control,
+) -> Result<DeviceChange, Refusal> {
     let stopping = || cmd.refuse(RefusalCode::Internal, "the daemon is stopping");
     let (reply, done) = oneshot::channel();
     ctx.control.send(control(reply)).await.map_err(|_| stopping())?;

@@ -194,7 +194,7 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::counters::Counters;
+    use crate::counters::Counters;
     use crate::ops::metrics::tests::{parse_exposition, sample_snapshot, value};
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

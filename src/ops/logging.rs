@@ -46,7 +46,7 @@ pub fn set_filter(directive: &str) -> Result<(), String> {
 /// `district_gateway::lorawan` (or `district_gateway` itself) also covers `district_core::lorawan`
 /// (or `district_core`), so `info,district_gateway::lorawan=debug` means what it always meant.
 fn with_core_targets(directive: &str) -> String {
-    const MOVED: [(&str, &str); 13] = [
+    const MOVED: [(&str, &str); 14] = [
         ("district_gateway::ops::commands", "district_core::commands"),
         ("district_gateway::sim::frames", "district_core::device_frames"),
         ("district_gateway::aggregate", "district_core::aggregate"),
@@ -59,6 +59,8 @@ fn with_core_targets(directive: &str) -> String {
         ("district_gateway::lorawan", "district_core::lorawan"),
         ("district_gateway::meter", "district_core::meter"),
         ("district_gateway::netserver", "district_core::netserver"),
+        // The pipeline's decisions (frames refused, events, loop downlinks) are the district step's.
+        ("district_gateway::runtime", "district_core::district"),
         ("district_gateway", "district_core"),
     ];
     let mut out: Vec<String> = Vec::new();
@@ -96,6 +98,10 @@ mod tests {
         assert_eq!(
             with_core_targets("district_gateway::ops::commands=warn"),
             "district_gateway::ops::commands=warn,district_core::commands=warn"
+        );
+        assert_eq!(
+            with_core_targets("district_gateway::runtime=debug"),
+            "district_gateway::runtime=debug,district_core::district=debug"
         );
         // A module whose name merely starts like a moved one is not moved.
         assert_eq!(with_core_targets("district_gateway::loopsy=info"), "district_gateway::loopsy=info");

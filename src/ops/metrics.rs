@@ -2,7 +2,7 @@
 //! Prometheus text exposition format 0.0.4 (`text/plain; version=0.0.4`), for `GET /metrics`.
 //!
 //! Written by hand rather than through a client library: the format is a few lines of escaping, the daemon already
-//! keeps its own counters ([`super::counters::Counters`]), and a scrape renders one consistent snapshot.
+//! keeps its own counters ([`crate::counters::Counters`]), and a scrape renders one consistent snapshot.
 //!
 //! Families (all counters end in `_total`):
 //! - `district_gateway_frames_total{result}`: LoRaWAN frames by result: `ok`, `bad_mic`, `replay`,
@@ -548,7 +548,7 @@ fn escape_help(v: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::ops::counters::Counters;
+    use crate::counters::Counters;
     use std::collections::BTreeMap;
     use std::sync::atomic::Ordering;
 

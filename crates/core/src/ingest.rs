@@ -1,5 +1,5 @@
-//! What radio sources hand to the network server: a received frame with its reception metadata and
-//! where it came from (so that an answer can go back the same way).
+//! What the sources hand to the core: a received radio frame with its reception metadata and where it
+//! came from (so that an answer can go back the same way), or a smart-meter sample.
 
 use crate::keys::Eui64;
 
@@ -24,4 +24,13 @@ pub struct RadioFrame {
     /// in the class A receive windows.
     pub tmst: Option<u32>,
     pub origin: Origin,
+}
+
+/// One smart-meter sample (an SML frame's OBIS values), as the meter source hands it over: the core
+/// turns it into a reading ([`crate::reading::Reading::from_meter`]).
+#[derive(Debug, Clone)]
+pub struct MeterSample {
+    pub device: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub metrics: serde_json::Map<String, serde_json::Value>,
 }

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod control;
 pub mod decode;
 pub mod device_frames;
+pub mod district;
 pub mod events;
 pub mod ingest;
 pub mod keys;

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::bus::{IngestRequest, SourceDownlink, TxFailed};
+use crate::counters::Counters;
 use crate::ingest::{Origin, RadioFrame};
 use crate::keys::Eui64;
-use crate::ops::counters::Counters;
-use crate::runtime::{Control, IngestRequest, SourceDownlink};
 use packet::{Modulation, Packet, RxPkError};
 
 /// PULL_RESP tokens remembered for matching TX_ACKs (oldest forgotten first).
@@ -34,7 +34,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
 pub struct Wiring {
     pub status: Arc<crate::io::status::SourceStatus>,
     pub pipeline: mpsc::Sender<IngestRequest>,
-    pub control: mpsc::Sender<Control>,
+    /// Downlinks a gateway could not send, reported to the pipeline (the network server retries them).
+    pub tx_failed: mpsc::Sender<TxFailed>,
     pub downlinks: mpsc::Receiver<SourceDownlink>,
     pub counters: Arc<Counters>,
     pub shutdown: watch::Receiver<bool>,
@@ -67,7 +68,7 @@ pub async fn run(name: String, index: usize, socket: UdpSocket, mut w: Wiring) {
                     Counters::inc(&counters.downlinks_failed);
                     tracing::warn!(source = %name, gateway = %d.gateway, device = %d.device, "no PULL_DATA from this gateway yet: downlink dropped");
                     if let Some(f) = d.f_cnt_down {
-                        let _ = w.control.send(Control::TxFailed { device: d.device, f_cnt_down: f }).await;
+                        let _ = w.tx_failed.send(TxFailed { device: d.device, f_cnt_down: f }).await;
                     }
                     continue;
                 };
@@ -156,7 +157,7 @@ pub async fn run(name: String, index: usize, socket: UdpSocket, mut w: Wiring) {
                     Counters::inc(&counters.downlinks_failed);
                     tracing::warn!(source = %name, gateway = %gateway_eui, error = status.label(), device = ?sent.as_ref().map(|s| &s.0), "gateway refused a downlink");
                     if let Some((device, Some(f_cnt_down))) = sent {
-                        let _ = w.control.send(Control::TxFailed { device, f_cnt_down }).await;
+                        let _ = w.tx_failed.send(TxFailed { device, f_cnt_down }).await;
                     }
                 }
             }

@@ -51,7 +51,7 @@ mod drain;
 
 use drain::Drain;
 
-use crate::ops::counters::Counters;
+use crate::counters::Counters;
 use crate::reading::mark_replayed;
 use crate::store::{Record, Store};
 

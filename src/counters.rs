@@ -1,8 +1,12 @@
-//! Process-wide counters, shared by the shell's tasks; `/metrics` exports them (`metrics.rs`).
+//! Process-wide counters, shared by the shell's tasks (sources, pipeline, uplink, executor) and
+//! exported as Prometheus metrics (`ops::metrics`).
 //!
-//! Plain atomics: every task bumps its own counters without locks; readers take a snapshot.
+//! Plain atomics: every task bumps its own counters without locks; readers take a snapshot. The
+//! district step says what its inputs count ([`Counts`]); the pipeline adds that with [`Counters::add`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::district::Counts;
 
 macro_rules! counters {
     ($($name:ident: $doc:literal),* $(,)?) => {
@@ -58,5 +62,34 @@ counters! {
 impl Counters {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds what one step of the district counted.
+    pub fn add(&self, c: &Counts) {
+        let deltas = [
+            (&self.meter_samples, c.meter_samples),
+            (&self.frames_ok, c.frames_ok),
+            (&self.frames_mac_only, c.frames_mac_only),
+            (&self.frames_duplicate, c.frames_duplicate),
+            (&self.frames_bad_mic, c.frames_bad_mic),
+            (&self.frames_replay, c.frames_replay),
+            (&self.frames_unknown_dev_addr, c.frames_unknown_dev_addr),
+            (&self.frames_not_data, c.frames_not_data),
+            (&self.frames_malformed, c.frames_malformed),
+            (&self.joins, c.joins),
+            (&self.joins_refused, c.joins_refused),
+            (&self.downlinks_failed, c.downlinks_failed),
+            (&self.downlinks_deferred, c.downlinks_deferred),
+            (&self.downlinks_duty_cycle, c.downlinks_duty_cycle),
+            (&self.decode_errors, c.decode_errors),
+        ];
+        for (counter, delta) in deltas {
+            if delta > 0 {
+                counter.fetch_add(delta, Ordering::Relaxed);
+            }
+        }
+        if let Some(ms) = c.last_uplink_ms {
+            self.last_uplink_unix_ms.store(ms, Ordering::Relaxed);
+        }
     }
 }

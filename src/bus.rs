@@ -1,0 +1,92 @@
+//! The messages the daemon's tasks exchange: the sources hand frames and meter samples to the
+//! pipeline ([`IngestRequest`]) and report failed transmissions ([`TxFailed`]); the pipeline hands
+//! downlinks to the sources ([`SourceDownlink`]); the executor (and the supervisor) ask the pipeline
+//! for what only it may do ([`Control`]). Plain data and channels' ends: this module imports nothing
+//! from `io`, `ops` or `runtime`, so each of them can use it without depending on the others.
+
+use tokio::sync::oneshot;
+
+use district_core::commands::{CommandName, RefusalCode};
+
+use crate::ingest::{MeterSample, RadioFrame};
+use crate::keys::Eui64;
+use crate::lorawan::region::TxParams;
+
+/// Frames from one source datagram (or meter samples); `done` says whether they are on disk.
+pub struct IngestRequest {
+    pub frames: Vec<RadioFrame>,
+    pub meter: Vec<MeterSample>,
+    pub done: oneshot::Sender<bool>,
+}
+
+/// A gateway could not send a downlink (a TX_ACK error, or no gateway to send it through).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxFailed {
+    pub device: String,
+    pub f_cnt_down: u32,
+}
+
+/// A downlink for a source to send through one of its gateways.
+#[derive(Debug, Clone)]
+pub struct SourceDownlink {
+    pub gateway: Eui64,
+    pub device: String,
+    pub f_cnt_down: Option<u32>,
+    /// How to transmit it; each source converts it at its own edge (gwmp: `TxPk`, SX127x: `TxRequest`).
+    pub params: TxParams,
+    pub phy: Vec<u8>,
+}
+
+/// Requests to the pipeline (the network server and the control loops) from the rest of the daemon.
+pub enum Control {
+    /// Queue a downlink for a device (control loops, commands).
+    Enqueue {
+        device: String,
+        f_port: u8,
+        payload: Vec<u8>,
+        confirmed: bool,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Journal one message for the broker (e.g. a `cmd/res`); `reply` says whether it is on disk.
+    Journal {
+        topic: crate::topic::Topic,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<bool>,
+    },
+    /// `device.upsert`: applied live and persisted together with the session state it changes;
+    /// `Err` when it could not be persisted (then nothing changed). `decoder`: its `js:` codec, already
+    /// loaded and test-run by the executor.
+    UpsertDevice {
+        device: Box<crate::config::DeviceConfig>,
+        decoder: Option<Box<dyn crate::decode::Decoder>>,
+        reply: oneshot::Sender<Result<DeviceChange, String>>,
+    },
+    RemoveDevice {
+        device: String,
+        reply: oneshot::Sender<Result<DeviceChange, String>>,
+    },
+    /// The control loops' state, for `status`.
+    LoopStatus {
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    /// A control-loop command (`lighting.*`, `dr.*`).
+    Command {
+        cmd: CommandName,
+        args: serde_json::Value,
+        reply: oneshot::Sender<Result<serde_json::Value, (RefusalCode, String)>>,
+    },
+}
+
+/// What a remote device change did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeviceChange {
+    /// Downlinks queued under keys the change retired (dropped, never sent).
+    pub downlinks_dropped: usize,
+}
+
+/// A device kept out of service: a remote change that cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub device: String,
+    pub reason: String,
+}

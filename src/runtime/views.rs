@@ -1,0 +1,116 @@
+//! What the HTTP side sees: the `/metrics` and status-page renderers, closures over the shared
+//! counters, store, sources, health and the pipeline's board, called on each request.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use crate::config::Config;
+use crate::counters::Counters;
+use crate::io::status::SourceStatus;
+use crate::store::Store;
+
+pub(super) fn metrics_fn(
+    config: &Config,
+    store: Store,
+    counters: Arc<Counters>,
+    commands: Arc<crate::ops::commands::CommandCounts>,
+    sources: Vec<Arc<SourceStatus>>,
+    health: crate::ops::health::Health,
+    started: std::time::Instant,
+) -> crate::ops::http::MetricsFn {
+    use crate::ops::metrics::{MetricsSnapshot, ProcessStats, SourceMetrics};
+    let gateway_id = config.gateway.id.clone();
+    Arc::new(move || {
+        let source_metrics = sources
+            .iter()
+            .map(|s| SourceMetrics {
+                name: s.name().to_string(),
+                kind: s.snapshot().kind.to_string(),
+                state: health_state(s.state()),
+            })
+            .collect();
+        crate::ops::metrics::render(&MetricsSnapshot {
+            version: env!("CARGO_PKG_VERSION").into(),
+            gateway_id: gateway_id.clone(),
+            uptime_s: started.elapsed().as_secs_f64(),
+            counters: counters.snapshot(),
+            backlog_records: store.depth() as u64,
+            backlog_bytes: store.size_on_disk(),
+            backlog_oldest_age_s: store.oldest_record_age_s(crate::clock::now()),
+            readings_dropped: counters.readings_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            sources: source_metrics,
+            commands: commands.snapshot(),
+            health: Some(health.check()),
+            process: ProcessStats::read(),
+            ..MetricsSnapshot::default()
+        })
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn page_fn(
+    config: &Config,
+    board: crate::ops::board::SharedBoard,
+    store: Store,
+    counters: Arc<Counters>,
+    sources: Vec<Arc<SourceStatus>>,
+    health: crate::ops::health::Health,
+    started_at: chrono::DateTime<Utc>,
+) -> crate::ops::http::PageFn {
+    use crate::ops::board::{SourceView, StatusView};
+    use std::sync::atomic::Ordering::Relaxed;
+    let gateway_id = config.gateway.id.clone();
+    Arc::new(move || {
+        let now = crate::clock::now();
+        let report = health.check();
+        let (devices, control) = match board.lock() {
+            Ok(b) => (b.devices.values().cloned().collect(), b.control.clone()),
+            Err(_) => (Vec::new(), serde_json::Value::Null),
+        };
+        let view = StatusView {
+            gateway_id: gateway_id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            now: Some(now),
+            started_at: Some(started_at),
+            mqtt_connected: counters.mqtt_connected.load(Relaxed) == 1,
+            mqtt_reconnects: counters.mqtt_reconnects.load(Relaxed),
+            backlog_depth: store.depth() as u64,
+            backlog_oldest_age_s: store.oldest_record_age_s(now),
+            readings_journaled: counters.readings_journaled.load(Relaxed),
+            readings_published: counters.published.load(Relaxed),
+            readings_dropped: counters.readings_dropped.load(Relaxed),
+            healthy: report.healthy,
+            health_reason: report.reason(),
+            sources: sources
+                .iter()
+                .map(|s| {
+                    let snap = s.snapshot();
+                    SourceView {
+                        name: snap.name,
+                        kind: snap.kind.to_string(),
+                        state: snap.state.as_str().to_string(),
+                        since: Some(snap.since.into()),
+                        frames: snap.frames,
+                        errors: snap.errors,
+                        last_error: snap.last_error,
+                    }
+                })
+                .collect(),
+            devices,
+            control,
+            counters: counters.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        };
+        crate::ops::status_page::render(&view)
+    })
+}
+
+fn health_state(s: crate::io::status::SourceState) -> crate::ops::health::SourceState {
+    use crate::io::status::SourceState as S;
+    use crate::ops::health::SourceState as H;
+    match s {
+        S::Up => H::Up,
+        S::Starting | S::Retrying => H::Retrying,
+        S::Down | S::Stopped => H::Down,
+    }
+}
