@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use super::fs::FileRef;
 use super::log_format::{encode_entry, read_entry, Entry};
 use super::segment::Segment;
-use super::state::NEXT_SEQ;
+use super::state::{episode_json, Episode, NEXT_SEQ};
 use super::{io_err, Record, RecordKind, State, Store, StoreError, Topic};
 
 /// A drop episode ends after this long without a drop.
@@ -69,53 +69,6 @@ impl Announcement {
         j["seq"] = seq.into();
         Record::new(seq, self.topic, j.to_string().into_bytes())
     }
-}
-
-/// A running drop episode: what was dropped since it started, and why.
-pub(super) struct Episode {
-    pub(super) started_ms: u64,
-    pub(super) readings: u64,
-    pub(super) others: u64,
-    pub(super) reasons: BTreeMap<&'static str, u64>,
-    pub(super) first_seq: u64,
-    pub(super) last_seq: u64,
-    /// Monotonic: the quiet period is a duration, immune to steps of the wall clock.
-    pub(super) last_drop: Instant,
-}
-
-/// The episode as kept in sled (`m/episode`) and announced.
-pub(super) fn episode_json(ep: &Episode) -> serde_json::Value {
-    serde_json::json!({
-        "started_ms": ep.started_ms,
-        "started_at": chrono::DateTime::from_timestamp_millis(ep.started_ms as i64).map(crate::reading::rfc3339),
-        "readings": ep.readings,
-        "readings_dropped": ep.readings,
-        "others_dropped": ep.others,
-        "others": ep.others,
-        "reasons": ep.reasons,
-        "first_seq": ep.first_seq,
-        "last_seq": ep.last_seq,
-    })
-}
-
-/// A drop episode that was running when the daemon stopped, as [`episode_json`] stored it.
-pub(super) fn episode_from_json(v: &[u8]) -> Option<Episode> {
-    let j = serde_json::from_slice::<serde_json::Value>(v).ok()?;
-    let mut reasons = BTreeMap::new();
-    for r in ["max_bytes", "max_age", "disk_full", "policy"] {
-        if let Some(n) = j["reasons"][r].as_u64() {
-            reasons.insert(r, n);
-        }
-    }
-    Some(Episode {
-        started_ms: j["started_ms"].as_u64().unwrap_or(0),
-        readings: j["readings"].as_u64().unwrap_or(0),
-        others: j["others"].as_u64().unwrap_or(0),
-        reasons,
-        first_seq: j["first_seq"].as_u64().unwrap_or(0),
-        last_seq: j["last_seq"].as_u64().unwrap_or(0),
-        last_drop: Instant::now(),
-    })
 }
 
 fn is_enospc(e: &StoreError) -> bool {

@@ -89,10 +89,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
-use bound::Episode;
 use log_format::{ack_ranges, encode_entry, Entry};
 use ranges::RangeSet;
 use segment::Segment;
+use state::Episode;
 
 #[derive(Debug, Error)]
 pub enum StoreError {

@@ -16,28 +16,26 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use super::bound::{episode_from_json, Announcement};
+use super::bound::Announcement;
 use super::fs::Fs;
 use super::log_format::read_entry;
 use super::ranges::RangeSet;
 use super::segment::{create_segment, read_seq_floor, seg_path, ScannedSegment, Segment, SEQ_FLOOR};
-use super::state::{be_u64, ACKED_KEY, EPISODE_KEY, FORMAT_KEY, LOOPS_KEY, LSN_KEY, NEXT_SEQ};
+use super::state::{
+    be_u64, episode_from_json, open_sled, SledOpen, ACKED_KEY, EPISODE_KEY, FORMAT_KEY, LOOPS_KEY, LSN_KEY, MARKER,
+    NEXT_SEQ,
+};
 use super::{io_err, Batch, Inner, Record, State, Store, StoreError, StoreOptions, StoreStats, Topic};
 
 const FORMAT: u32 = 2;
 /// The legacy (format 1) outbox: one sled key per record. Migrated into the log at open.
 const LEGACY_OUTBOX: u8 = b'o';
-/// A file next to sled saying a store was created here: sled coming up empty then means damage.
-const MARKER: &str = "district-gateway-store";
 /// When the seq floor cannot be read after damage, jump this far ahead so no seq is reused.
 const SEQ_GAP_AFTER_DAMAGE: u64 = 1 << 32;
-/// How long an open waits for sled's lock: the previous store of this process (a reload, a restart
-/// in tests) releases it only when sled's background threads have ended, shortly after the drop.
-const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// What [`Store::open_with`] found.
 #[derive(Debug, Clone, Default)]
@@ -51,58 +49,6 @@ pub struct OpenReport {
     /// With `damaged`: the `store_damaged` event, for the opener (the outbox's writer, before anything
     /// else writes) to journal with a seq it allocates, and flush.
     pub damage_event: Option<Announcement>,
-}
-
-/// Why sled could not be used, and whether that means damage (move aside) or an environment error.
-pub(super) enum SledOpen {
-    Ok(sled::Db, sled::Tree),
-    Damaged(String),
-    Failed(StoreError),
-}
-
-/// [`open_sled_once`], waiting (bounded) while another instance still holds the database's lock.
-pub(super) fn open_sled(dir: &Path, cache_bytes: u64, fs: &dyn Fs) -> SledOpen {
-    let start = Instant::now();
-    loop {
-        match open_sled_once(dir, cache_bytes, fs) {
-            SledOpen::Failed(StoreError::Open { source, .. })
-                if source.to_string().contains("could not acquire lock") && start.elapsed() < SLED_LOCK_WAIT =>
-            {
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn open_sled_once(dir: &Path, cache_bytes: u64, fs: &dyn Fs) -> SledOpen {
-    let marker_exists = fs.exists(&dir.join(MARKER));
-    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            // Our log is the journal; sled holds state copied from it, so its own timer is enough.
-            // (The power-cut simulation turns it off: there sled is durable only when flushed.)
-            .flush_every_ms(fs.sled_flush_every_ms())
-            .open()?;
-        let tree = db.open_tree("journal")?;
-        // Touch every page once: sled reads pages lazily, and a damaged one panics when first read.
-        let keys = tree.iter().count();
-        Ok::<_, sled::Error>((db, tree, keys))
-    }));
-    match attempt {
-        Err(_) => SledOpen::Damaged("the state database panicked while opening (damaged files)".into()),
-        Ok(Err(sled::Error::Corruption { .. })) => SledOpen::Damaged("the state database is corrupt".into()),
-        Ok(Err(sled::Error::ReportableBug(m))) => SledOpen::Damaged(format!("the state database failed: {m}")),
-        Ok(Err(source)) => SledOpen::Failed(StoreError::Open { path: dir.display().to_string(), source }),
-        Ok(Ok((db, tree, keys))) => {
-            let format = tree.get(FORMAT_KEY).ok().flatten();
-            if marker_exists && format.is_none() && keys == 0 {
-                return SledOpen::Damaged("the state database lost its contents (truncated files)".into());
-            }
-            SledOpen::Ok(db, tree)
-        }
-    }
 }
 
 /// Moves a damaged store aside (named after `now`), keeping its log segments (they are checked entry

@@ -33,12 +33,16 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use super::bound::episode_json;
+use super::fs::Fs;
 use super::log_format::read_entry;
-use super::recovery::{open_sled, SledOpen};
 use super::{io_err, Batch, State, Store, StoreError};
 use crate::keys::Eui64;
 
+/// A file next to sled saying a store was created here: sled coming up empty then means damage.
+pub(super) const MARKER: &str = "district-gateway-store";
+/// How long an open waits for sled's lock: the previous store of this process (a reload, a restart
+/// in tests) releases it only when sled's background threads have ended, shortly after the drop.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
 pub(super) const FORMAT_KEY: &[u8] = b"m/format";
 pub(super) const LSN_KEY: &[u8] = b"m/lsn";
 pub(super) const NEXT_SEQ: &[u8] = b"m/next_seq";
@@ -336,4 +340,103 @@ impl Store {
         }
         Ok(adopted)
     }
+}
+
+/// Why sled could not be used, and whether that means damage (move aside) or an environment error.
+pub(super) enum SledOpen {
+    Ok(sled::Db, sled::Tree),
+    Damaged(String),
+    Failed(StoreError),
+}
+
+/// [`open_sled_once`], waiting (bounded) while another instance still holds the database's lock.
+pub(super) fn open_sled(dir: &Path, cache_bytes: u64, fs: &dyn Fs) -> SledOpen {
+    let start = Instant::now();
+    loop {
+        match open_sled_once(dir, cache_bytes, fs) {
+            SledOpen::Failed(StoreError::Open { source, .. })
+                if source.to_string().contains("could not acquire lock") && start.elapsed() < SLED_LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_sled_once(dir: &Path, cache_bytes: u64, fs: &dyn Fs) -> SledOpen {
+    let marker_exists = fs.exists(&dir.join(MARKER));
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // Our log is the journal; sled holds state copied from it, so its own timer is enough.
+            // (The power-cut simulation turns it off: there sled is durable only when flushed.)
+            .flush_every_ms(fs.sled_flush_every_ms())
+            .open()?;
+        let tree = db.open_tree("journal")?;
+        // Touch every page once: sled reads pages lazily, and a damaged one panics when first read.
+        let keys = tree.iter().count();
+        Ok::<_, sled::Error>((db, tree, keys))
+    }));
+    match attempt {
+        Err(_) => SledOpen::Damaged("the state database panicked while opening (damaged files)".into()),
+        Ok(Err(sled::Error::Corruption { .. })) => SledOpen::Damaged("the state database is corrupt".into()),
+        Ok(Err(sled::Error::ReportableBug(m))) => SledOpen::Damaged(format!("the state database failed: {m}")),
+        Ok(Err(source)) => SledOpen::Failed(StoreError::Open { path: dir.display().to_string(), source }),
+        Ok(Ok((db, tree, keys))) => {
+            let format = tree.get(FORMAT_KEY).ok().flatten();
+            if marker_exists && format.is_none() && keys == 0 {
+                return SledOpen::Damaged("the state database lost its contents (truncated files)".into());
+            }
+            SledOpen::Ok(db, tree)
+        }
+    }
+}
+
+/// A running drop episode: what was dropped since it started, and why.
+pub(super) struct Episode {
+    pub(super) started_ms: u64,
+    pub(super) readings: u64,
+    pub(super) others: u64,
+    pub(super) reasons: BTreeMap<&'static str, u64>,
+    pub(super) first_seq: u64,
+    pub(super) last_seq: u64,
+    /// Monotonic: the quiet period is a duration, immune to steps of the wall clock.
+    pub(super) last_drop: Instant,
+}
+
+/// The episode as kept in sled (`m/episode`) and announced.
+pub(super) fn episode_json(ep: &Episode) -> serde_json::Value {
+    serde_json::json!({
+        "started_ms": ep.started_ms,
+        "started_at": chrono::DateTime::from_timestamp_millis(ep.started_ms as i64).map(crate::reading::rfc3339),
+        "readings": ep.readings,
+        "readings_dropped": ep.readings,
+        "others_dropped": ep.others,
+        "others": ep.others,
+        "reasons": ep.reasons,
+        "first_seq": ep.first_seq,
+        "last_seq": ep.last_seq,
+    })
+}
+
+/// A drop episode that was running when the daemon stopped, as [`episode_json`] stored it.
+pub(super) fn episode_from_json(v: &[u8]) -> Option<Episode> {
+    let j = serde_json::from_slice::<serde_json::Value>(v).ok()?;
+    let mut reasons = BTreeMap::new();
+    for r in ["max_bytes", "max_age", "disk_full", "policy"] {
+        if let Some(n) = j["reasons"][r].as_u64() {
+            reasons.insert(r, n);
+        }
+    }
+    Some(Episode {
+        started_ms: j["started_ms"].as_u64().unwrap_or(0),
+        readings: j["readings"].as_u64().unwrap_or(0),
+        others: j["others"].as_u64().unwrap_or(0),
+        reasons,
+        first_seq: j["first_seq"].as_u64().unwrap_or(0),
+        last_seq: j["last_seq"].as_u64().unwrap_or(0),
+        last_drop: Instant::now(),
+    })
 }
