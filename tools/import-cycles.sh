@@ -11,11 +11,12 @@
 # Usage: tools/import-cycles.sh [SRC_DIR]   (default: src of this repository)
 set -euo pipefail
 src="${1:-$(dirname "$0")/../src}"
-exec python3 - "$src" <<'EOF'
-import os, re, sys
+exec python3 - "$src" "$(cd "$(dirname "$0")" && pwd)" <<'EOF'
+import importlib.util, os, re, sys
 from collections import defaultdict
 
 src = os.path.normpath(sys.argv[1])
+TOOLS = sys.argv[2]
 CORE = {"aggregate", "commands", "control", "decode", "device_frames", "district", "events", "ingest",
         "keys", "loops", "lorawan", "meter", "netserver", "reading", "test_support", "topic"}
 FORBIDDEN = {
@@ -80,35 +81,15 @@ print("edges between the shell's top-level modules (module -> imported module: f
 for (a, b) in sorted(edges):
     print(f"  {a} -> {b}: {', '.join(sorted(edges[(a, b)]))}")
 
-# Cycles: strongly connected components with more than one module (Tarjan).
+# Cycles: the circles finder of tools/module-cycles.py.
 graph = defaultdict(set)
 for (a, b) in edges:
     graph[a].add(b)
 nodes = sorted(set(graph) | {b for bs in graph.values() for b in bs})
-index, low, on, stack, sccs, counter = {}, {}, set(), [], [], [0]
-def strong(v):
-    index[v] = low[v] = counter[0]
-    counter[0] += 1
-    stack.append(v)
-    on.add(v)
-    for w in sorted(graph[v]):
-        if w not in index:
-            strong(w)
-            low[v] = min(low[v], low[w])
-        elif w in on:
-            low[v] = min(low[v], index[w])
-    if low[v] == index[v]:
-        scc = []
-        while True:
-            w = stack.pop()
-            on.discard(w)
-            scc.append(w)
-            if w == v:
-                break
-        sccs.append(sorted(scc))
-for v in nodes:
-    if v not in index:
-        strong(v)
+spec = importlib.util.spec_from_file_location("module_cycles", os.path.join(TOOLS, "module-cycles.py"))
+module_cycles = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module_cycles)
+sccs = module_cycles.circles(graph)
 
 failed = False
 for scc in sccs:

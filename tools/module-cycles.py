@@ -75,6 +75,40 @@ def resolve(mods, base, segs):
     return best
 
 
+def circles(graph):
+    """The circles of a directed graph {node: {node, ...}}: its strongly connected components with
+    more than one node (Tarjan), each sorted."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+
+    def strong(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            scc = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                scc.append(w)
+                if w == v:
+                    break
+            if len(scc) > 1:
+                out.append(sorted(scc))
+
+    sys.setrecursionlimit(10000)
+    for v in sorted(set(graph) | {w for ws in graph.values() for w in ws}):
+        if v not in index:
+            strong(v)
+    return out
+
+
 def check(src):
     mods = modules(src)
     edges = defaultdict(set)
@@ -94,35 +128,7 @@ def check(src):
                 if target[: len(mod)] == mod or mod[: len(target)] == target:
                     continue  # ancestor / descendant
                 edges[mod].add(target)
-    # Tarjan's strongly connected components.
-    index, low, on, stack, sccs, counter = {}, {}, set(), [], [], [0]
-
-    def strong(v):
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on.add(v)
-        for w in sorted(edges[v]):
-            if w not in index:
-                strong(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            scc = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                scc.append(w)
-                if w == v:
-                    break
-            if len(scc) > 1:
-                sccs.append(sorted(scc))
-
-    sys.setrecursionlimit(10000)
-    for v in sorted(mods):
-        if v not in index:
-            strong(v)
+    sccs = circles(edges)
     name = lambda m: "::".join(m) or "crate"
     n_edges = sum(len(v) for v in edges.values())
     if sccs:
