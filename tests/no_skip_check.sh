@@ -5,17 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# test target : test name filter (exact)
+# test target : test name filter (exact); `lib=CRATE` is that crate's unit tests (the workspace has two)
 cases=(
   "status_page:status_page_in_headless_chromium"
   "durability:a_full_disk_applies_the_policy_counts_exactly_and_recovers"
   "ops_e2e:commands::signed_commands_are_checked_and_every_refusal_changes_nothing"
-  "lib:ops::commands::tests::sign_command_script_when_available"
+  "lib=district_core:commands::tests::sign_command_script_when_available"
 )
 targets=()
 for c in "${cases[@]}"; do
   t=${c%%:*}
-  if [ "$t" = lib ]; then targets+=(--lib); else targets+=(--test "$t"); fi
+  case "$t" in
+    lib=*) targets+=(--lib) ;;
+    *) targets+=(--test "$t") ;;
+  esac
 done
 exe() { # the test executable of target $1
   cargo test --release --no-run "${targets[@]}" --message-format=json 2>/dev/null |
@@ -26,7 +29,8 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         t = m["target"]
-        if (want == "lib" and "lib" in t["kind"]) or (t["name"] == want and "test" in t["kind"]):
+        lib = want.startswith("lib=") and "lib" in t["kind"] and t["name"] == want[len("lib="):]
+        if lib or (t["name"] == want and "test" in t["kind"]):
             print(m["executable"])
 ' "$1"
 }
