@@ -28,30 +28,10 @@ FORBIDDEN = {
 }
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-def group_items(text, start):
-    """The first identifier of each top-level item of the `{...}` group opening at text[start]."""
-    depth, item, items = 0, "", []
-    for ch in text[start:]:
-        if ch == "{":
-            depth += 1
-            if depth == 1:
-                continue
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                items.append(item)
-                break
-        if depth == 1 and ch == ",":
-            items.append(item)
-            item = ""
-        elif depth >= 1:
-            item += ch
-    names = []
-    for it in items:
-        m = IDENT.match(it.strip())
-        if m:
-            names.append(m.group(0))
-    return names
+# The path and circle helpers of tools/module-cycles.py.
+spec = importlib.util.spec_from_file_location("module_cycles", os.path.join(TOOLS, "module-cycles.py"))
+module_cycles = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module_cycles)
 
 edges = defaultdict(set)  # (from, to) -> {"file: path"}
 for root, _, files in os.walk(src):
@@ -68,7 +48,7 @@ for root, _, files in os.walk(src):
         for m in re.finditer(r"\bcrate::", text):
             rest = m.end()
             if text.startswith("{", rest):
-                targets = group_items(text, rest)
+                targets = [p[0] for p in module_cycles.group(text, rest + 1)]
             else:
                 t = IDENT.match(text, rest)
                 targets = [t.group(0)] if t else []
@@ -86,9 +66,6 @@ graph = defaultdict(set)
 for (a, b) in edges:
     graph[a].add(b)
 nodes = sorted(set(graph) | {b for bs in graph.values() for b in bs})
-spec = importlib.util.spec_from_file_location("module_cycles", os.path.join(TOOLS, "module-cycles.py"))
-module_cycles = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module_cycles)
 sccs = module_cycles.circles(graph)
 
 failed = False
