@@ -54,27 +54,13 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 // ---------------------------------------------------------------------------------------------- requirements
 
-/// Whether tests must not skip: `CI` is set (`.ci/run` sets `CI=1`) to anything but `""`, `0` or `false`.
-pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
-}
-
-/// The one way a test meets something it needs and does not find (a tool, a module, a permission):
-/// under CI ([`ci`]) the test FAILS, saying what is missing and how to install it; elsewhere it
-/// prints a `SKIPPED` line and the caller returns. Usage:
-/// `if !require("chromium", "apt-get install -y chromium", find_chromium().is_some()) { return; }`
-#[track_caller]
-pub fn require(what: &str, install_hint: &str, available: bool) -> bool {
-    if available {
-        return true;
-    }
-    let test = std::thread::current().name().unwrap_or("this test").to_string();
-    if ci() {
-        panic!("{test}: {what} is missing, and CI is set, so the test fails instead of skipping: {install_hint}");
-    }
-    eprintln!("SKIPPED {test}: {what} is missing ({install_hint}; with CI=1 this fails)");
-    false
-}
+/// `ci()`: whether tests must not skip (`CI` set, as `.ci/run` does). `require(what, hint, available)`:
+/// the one way a test meets something it needs and does not find (a tool, a module, a permission):
+/// under CI the test FAILS, saying what is missing and how to install it; elsewhere it prints a
+/// `SKIPPED` line and the caller returns. Shared with the unit tests of both crates.
+/// Usage: `if !require("chromium", "apt-get install -y chromium", find_chromium().is_some()) { return; }`
+#[allow(unused_imports)] // each test crate uses some of the shared helpers
+pub use district_core::test_support::{ci, require};
 
 /// The executable `name` on PATH, if any.
 pub fn on_path(name: &str) -> Option<PathBuf> {

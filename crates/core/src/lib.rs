@@ -1,7 +1,7 @@
 //! The pure core of district-gateway: every decision the gateway makes, as plain state machines that
 //! take `now` and an input and return outputs. No clock, no sleep, no I/O, no async runtime: this
 //! crate's dependency tree has no tokio, mio, sled, rumqttc, rppal, tokio-serial or nix, and chrono is
-//! built without its `clock` feature (so `Utc::now()` does not compile here). The daemon crate
+//! built without its `clock` feature (so reading the system time does not compile here). The daemon crate
 //! (`district-gateway`, the shell) feeds it frames, samples, commands and the time, and does the
 //! journaling, flushing and sending. See ARCHITECTURE.md for the map.
 
