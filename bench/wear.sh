@@ -1,43 +1,81 @@
 #!/usr/bin/env bash
-# Flash wear at low rates: bytes the daemon writes to disk (write_bytes of /proc/PID/io) per reading
-# and per second, one reading per PUSH_DATA, mosquitto up. Loopback only.
+# Flash wear: bytes the daemon writes to disk (write_bytes of /proc/PID/io: every page the process
+# dirties, counted once each time it goes from clean to dirty) per reading and per second, one
+# reading per PUSH_DATA as real concentrators send them, mosquitto up, the shipped defaults otherwise.
+# Rate 0 is an idle gateway (nothing heard). Loopback only.
 #
-#   bench/wear.sh                      RATES="10 100" SECS=30 by default; needs mosquitto
+#   bench/wear.sh                         MODES="interval commit" RATES="0 1 10 100 1000" SECS=30
+#   MODES=interval RATES="0 1" SECS=60 bench/wear.sh
+#
+# Prints one markdown table row per mode and rate. Each mode gets a fresh daemon and data dir; the
+# first 3 s after start (opening the store) and a warm-up (one uplink per device: its first
+# DevStatusReq; then a restart, which saves every device's loops state) are not counted. After each rate the daemon gets SETTLE
+# seconds (default: the sync window + 2 s) to fsync and log the broker's acknowledgements, which are
+# counted (divided over SECS + SETTLE for B/s).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 BIN="$ROOT/target/release/district-gateway"
-D=$(mktemp -d); cd $D
+command -v mosquitto >/dev/null || { echo "wear.sh needs mosquitto (apt-get install -y mosquitto)" >&2; exit 1; }
+D=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BP=$(port); GP=$(port)
-$BIN simulate --make-devices 1000 --devices devices.toml >/dev/null
-printf "listener $BP 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n" > mq.conf
-mosquitto -c mq.conf >/dev/null 2>&1 & MP=$!
-cat > gw.toml <<T
-devices_file = "devices.toml"
+BP=$(port)
+$BIN simulate --make-devices 1000 --devices "$D/devices.toml" >/dev/null
+printf "listener $BP 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n" > "$D/mq.conf"
+mosquitto -c "$D/mq.conf" >/dev/null 2>&1 & MP=$!
+DP=
+cleanup() { [ -n "$DP" ] && kill "$DP" 2>/dev/null; kill $MP 2>/dev/null; rm -rf "$D"; }
+trap cleanup EXIT
+echo "| durability | readings/s | readings | bytes written | B/reading | B/s | MB/day |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for mode in ${MODES:-interval commit}; do
+  GP=$(port)
+  rm -rf "$D/data"
+  cat > "$D/gw.toml" <<T
+devices_file = "$D/devices.toml"
 [gateway]
-id = "low"
+id = "wear"
 data_dir = "$D/data"
 log_level = "warn"
 [ops]
 http_bind = "127.0.0.1:0"
 [mqtt]
 url = "mqtt://127.0.0.1:$BP"
+[buffer]
+durability = "$mode"
 [[source]]
 type = "gwmp"
 bind = "127.0.0.1:$GP"
 T
-$BIN run --config gw.toml >/dev/null 2>&1 & DP=$!
-sleep 3
-fc=1
-for rate in ${RATES:-10 100}; do
-  secs=${SECS:-30}
-  w0=$(awk '/^write_bytes/{print $2}' /proc/$DP/io)
-  $BIN simulate --gwmp 127.0.0.1:$GP --devices devices.toml --rate $rate --seconds $secs --fcnt-start $fc | tail -1 >/dev/null
-  sleep 6
-  w1=$(awk '/^write_bytes/{print $2}' /proc/$DP/io)
-  n=$((rate*secs))
-  echo "rate $rate/s: $n readings, $((w1-w0)) bytes written, $(( (w1-w0)/n )) B/reading, $(( (w1-w0)/(secs+6) )) B/s"
-  fc=$((fc + rate*secs/1000 + 2))
+  $BIN run --config "$D/gw.toml" >/dev/null 2>&1 & DP=$!
+  sleep 3
+  # Warm-up, not counted: one uplink per device, so that each has had its DevStatusReq (a downlink,
+  # which is fsynced at once in every mode: it uses a frame counter) as in a district running for a
+  # while (default: once a day per device).
+  $BIN simulate --gwmp 127.0.0.1:$GP --devices "$D/devices.toml" --rate 250 --seconds 4 --fcnt-start 1 >/dev/null
+  # ... and the control loops' state of every device saved once (it is saved every 5 minutes, in
+  # parts: only the devices heard since).
+  kill -TERM $DP; wait $DP 2>/dev/null || true
+  $BIN run --config "$D/gw.toml" >/dev/null 2>&1 & DP=$!
+  sleep 3
+  fc=3
+  settle=${SETTLE:-7}
+  for rate in ${RATES:-0 1 10 100 1000}; do
+    secs=${SECS:-30}
+    w0=$(awk '/^write_bytes/{print $2}' /proc/$DP/io)
+    if [ "$rate" = 0 ]; then
+      sleep "$secs"
+      settle=0
+    else
+      $BIN simulate --gwmp 127.0.0.1:$GP --devices "$D/devices.toml" --rate $rate --seconds $secs --fcnt-start $fc >/dev/null
+      settle=${SETTLE:-7}
+      sleep "$settle"
+    fi
+    w1=$(awk '/^write_bytes/{print $2}' /proc/$DP/io)
+    n=$((rate*secs)); w=$((w1-w0)); bps=$(( w/(secs+settle) ))
+    per=$([ $n -gt 0 ] && echo $((w/n)) || echo "–")
+    echo "| $mode | $rate | $n | $w | $per | $bps | $(python3 -c "print(f'{$bps*86400/1e6:.1f}')") |"
+    fc=$((fc + rate*secs/1000 + 2))
+  done
+  kill $DP; wait $DP 2>/dev/null || true; DP=
 done
-kill $DP $MP; rm -rf $D

@@ -5,7 +5,8 @@
 //! ARCHITECTURE.md for the map.
 
 pub use district_core::{
-    aggregate, control, decode, district, events, ingest, keys, loops, lorawan, meter, netserver, reading, topic,
+    aggregate, control, decode, district, durability, events, ingest, keys, loops, lorawan, meter, netserver, reading,
+    topic,
 };
 
 pub mod bus;

@@ -1,4 +1,7 @@
-//! PUSH_ACK waits for the journal's fsync (README "Durability": an acknowledged frame is on disk).
+//! In `durability = "commit"` mode PUSH_ACK waits for the journal's fsync (README "Durability": an
+//! acknowledged frame is on disk); in the default interval mode it comes once the frame is written
+//! (page cache: survives kill -9), and the fsync follows within `flush_interval_ms`, before the
+//! uplink may publish the record.
 //!
 //! The SIGKILL tests cannot show this: a killed process leaves its writes in the page cache, so they
 //! pass even if the ACK went out before the fsync. Here the daemon runs in-process and the test holds
@@ -16,6 +19,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// The fsync hook is process-wide: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 use common::{config_text, free_port, free_udp_port, wait_until, Forwarder};
 use district_gateway::io::gwmp::packet::build_push_data;
@@ -81,20 +87,26 @@ fn ack_within(socket: &UdpSocket, token: u16, limit: Duration) -> bool {
     false
 }
 
-#[test]
-fn push_ack_is_sent_only_after_the_journal_fsync() {
-    let gate = Arc::new(Gate::default());
+/// A daemon on the test's gate, in the given durability mode.
+fn start(rt: &tokio::runtime::Runtime, gate: &Arc<Gate>, dir: &std::path::Path, dev: &SimDevice, buffer: &str) -> Daemon {
     let g = gate.clone();
     district_gateway::test_hooks::set_before_fsync(Some(Arc::new(move || g.before_fsync())));
+    // No broker listens there: the uplink keeps retrying, which journals nothing.
+    let broker = format!("mqtt://127.0.0.1:{}", free_port());
+    let text = config_text("ack-fsync", &dir.join("data"), &broker, free_udp_port(), std::slice::from_ref(dev))
+        .replace("[buffer]\n", &format!("[buffer]\n{buffer}\n"));
+    let cfg = district_gateway::config::parse_str(&text, "gateway.toml", dir).unwrap();
+    rt.block_on(Daemon::start(&cfg)).unwrap()
+}
 
+#[test]
+fn push_ack_is_sent_only_after_the_journal_fsync() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let gate = Arc::new(Gate::default());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut dev = SimDevice::numbered("fsync", 1, "raw");
-    // No broker listens there: the uplink keeps retrying, which journals nothing.
-    let broker = format!("mqtt://127.0.0.1:{}", free_port());
-    let text = config_text("ack-fsync", &dir.path().join("data"), &broker, free_udp_port(), std::slice::from_ref(&dev));
-    let cfg = district_gateway::config::parse_str(&text, "gateway.toml", dir.path()).unwrap();
-    let daemon = rt.block_on(Daemon::start(&cfg)).unwrap();
+    let daemon = start(&rt, &gate, dir.path(), &dev, "durability = \"commit\"");
     let gwmp = daemon.gwmp_addrs[0];
     let store = daemon.store.clone();
 
@@ -139,6 +151,48 @@ fn push_ack_is_sent_only_after_the_journal_fsync() {
     );
     assert!(store.max_committed() > durable_before, "after the fsync the record is readable for the uplink");
 
+    district_gateway::test_hooks::set_before_fsync(None);
+    rt.block_on(daemon.stop());
+}
+
+#[test]
+fn in_interval_mode_push_ack_comes_before_the_fsync_and_publication_after_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let gate = Arc::new(Gate::default());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = SimDevice::numbered("fsync", 1, "raw");
+    let daemon = start(&rt, &gate, dir.path(), &dev, "durability = \"interval\"\nflush_interval_ms = 1000");
+    let gwmp = daemon.gwmp_addrs[0];
+    let store = daemon.store.clone();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    push(&socket, gwmp, 1, dev.uplink(b"warm-up"));
+    assert!(ack_within(&socket, 1, Duration::from_secs(10)), "no PUSH_ACK for the warm-up frame");
+    // Wait for the warm-up's own fsync (its window) so that the next one is the frame's.
+    assert!(wait_until(Duration::from_secs(10), || store.stats().fsyncs.load(Ordering::SeqCst) > 0));
+
+    gate.set_hold(true);
+    let durable_before = store.max_committed();
+    let seq_before = store.next_seq();
+    push(&socket, gwmp, 2, dev.uplink(b"acknowledged once written"));
+    // 1. Acknowledged while no fsync can complete: written (page cache), not yet durable.
+    let acked = ack_within(&socket, 2, Duration::from_secs(10));
+    let committed = store.next_seq() > seq_before;
+    let durable_at_ack = store.max_committed();
+    // 2. The window's fsync comes by itself (no more traffic), and is held.
+    let requested = wait_until(Duration::from_secs(20), || gate.reached() > 0);
+    let durable_held = store.max_committed();
+    gate.set_hold(false);
+    assert!(acked && committed, "no PUSH_ACK ({acked}) or no commit ({committed}) while the fsync was held");
+    assert!(requested, "no fsync was requested within the window after the commit");
+    assert_eq!(durable_at_ack, durable_before, "the uplink could read the record before its fsync");
+    assert_eq!(durable_held, durable_before, "the uplink could read the record before its fsync");
+    // 3. Released: durable, and readable for the uplink.
+    assert!(
+        wait_until(Duration::from_secs(20), || store.max_committed() > durable_before),
+        "after the window's fsync the record is readable for the uplink"
+    );
     district_gateway::test_hooks::set_before_fsync(None);
     rt.block_on(daemon.stop());
 }

@@ -281,11 +281,25 @@ pub enum BufferPolicy {
     DropNewest,
 }
 
+/// When the journal is fsynced (`buffer.durability`; see `district_core::durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilityMode {
+    /// Acknowledge once written; fsync at most `flush_interval_ms` later: a power cut loses at most
+    /// that window.
+    #[default]
+    Interval,
+    /// fsync every commit before acknowledging it: a power cut loses nothing acknowledged.
+    Commit,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    #[serde(default)]
+    pub durability: DurabilityMode,
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,11 +310,23 @@ pub struct BufferConfig {
     pub replay_rate: u32,
 }
 
+impl BufferConfig {
+    /// The durability policy these settings ask for.
+    pub fn durability(&self) -> crate::durability::Durability {
+        match self.durability {
+            DurabilityMode::Commit => crate::durability::Durability::Commit,
+            DurabilityMode::Interval => {
+                crate::durability::Durability::Interval { window_ms: u64::from(self.flush_interval_ms) }
+            }
+        }
+    }
+}
+
 fn default_max_bytes() -> u64 {
     268_435_456
 }
 fn default_flush_interval_ms() -> u32 {
-    100
+    5000
 }
 fn default_replay_rate() -> u32 {
     2000
@@ -310,6 +336,7 @@ impl Default for BufferConfig {
     fn default() -> Self {
         BufferConfig {
             max_bytes: default_max_bytes(),
+            durability: DurabilityMode::default(),
             flush_interval_ms: default_flush_interval_ms(),
             max_age_s: None,
             policy: BufferPolicy::default(),

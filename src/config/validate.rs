@@ -364,8 +364,8 @@ fn check(docs: &[&Doc<'_>], base_dir: &Path, parts: &mut Parts, sink: &mut Sink)
         if b.max_bytes < 1 << 20 {
             main.problem(sink, p.key("max_bytes"), "must be at least 1048576 (1 MiB)");
         }
-        if !(1..=10_000).contains(&b.flush_interval_ms) {
-            main.problem(sink, p.key("flush_interval_ms"), "must be 1..=10000 ms");
+        if !(1..=60_000).contains(&b.flush_interval_ms) {
+            main.problem(sink, p.key("flush_interval_ms"), "must be 1..=60000 ms");
         }
         if b.max_age_s == Some(0) {
             main.problem(sink, p.key("max_age_s"), "must be at least 1 s (leave it out for no limit)");

@@ -199,6 +199,10 @@ impl Daemon {
             downlinks: downlink_txs,
             sources: source_names(config),
             quarantined,
+            sync: crate::durability::SyncPolicy::new(config.buffer.durability()),
+            sync_epoch: tokio::time::Instant::now(),
+            sync_retry_at: None,
+            loops_saved: None,
         };
         tasks.spawn(pipeline.run(rx, control_rx, tx_failed_rx));
 

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::bus::{Control, DeviceChange, IngestRequest, Quarantined, SourceDownlink, TxFailed};
 use crate::counters::Counters;
 use crate::district::{Answer, District, Effects, Input, Message, Received};
+use crate::durability::SyncPolicy;
 use crate::netserver::Note;
 use crate::ops::commands::RefusalCode;
 use crate::store::{Batch, Record, Store};
@@ -28,22 +29,34 @@ use super::builders::{provisioning, Relays};
 
 /// Requests journaled in one group commit, at most.
 const MAX_GROUP: usize = 512;
-/// The control loops' state is also saved this often (and at once when an event fired).
-const LOOPS_SAVE_EVERY: Duration = Duration::from_secs(30);
+/// The control loops' state is looked at this often and the parts that changed are saved (at once
+/// when an event fired, and at a clean stop); a state that has only grown older is not written. Five
+/// minutes, the default aggregate window: a device heard every few seconds costs one write of its
+/// open aggregate window per five minutes, not one per reading. A crash or power cut loses at most
+/// the last five minutes of the open windows' sums (the readings themselves are journaled).
+const LOOPS_SAVE_EVERY: Duration = Duration::from_secs(300);
 /// How often class C queues and downlink timeouts are looked at.
 const TICK: Duration = Duration::from_millis(500);
 /// How often the store's housekeeping runs (acknowledgements to the log, deleting acknowledged
 /// segments, the age bound, ending drop episodes).
 const MAINTAIN_EVERY: Duration = Duration::from_millis(200);
+/// After a failed fsync, the next try waits this long (a failing disk is not hammered).
+const SYNC_RETRY: Duration = Duration::from_secs(1);
 
-/// The control loops' saved state, from the store; on the first start after an upgrade, from the
-/// `loops.json` older versions kept in the data dir (the store adopts it once, then removes it).
+/// The control loops' saved state, from the store (in parts, one per device; older versions saved one
+/// blob); on the first start after an upgrade, from the `loops.json` even older versions kept in the
+/// data dir (the store adopts it once, then removes it).
 fn read_loops_state(store: &Store, legacy_file: &Path, now: DateTime<Utc>) -> Option<crate::loops::LoopsState> {
     if let Err(e) = store.adopt_loops_file(legacy_file, now) {
         tracing::warn!(path = %legacy_file.display(), error = %e, "the control loops' old state file could not be adopted");
     }
-    let bytes = store.loops_state()?;
-    match serde_json::from_slice(&bytes) {
+    let parts = store.loops_parts();
+    let state = if parts.is_empty() {
+        serde_json::from_slice(&store.loops_state()?)
+    } else {
+        crate::loops::LoopsState::from_parts(&parts)
+    };
+    match state {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "the control loops' saved state is unreadable; starting fresh");
@@ -73,6 +86,23 @@ pub(super) struct Pipeline {
     /// The sources' names by index, for stored routes.
     pub(super) sources: Vec<String>,
     pub(super) quarantined: Vec<Quarantined>,
+    /// When the journal is fsynced (`buffer.durability`): per commit, or a window after the first
+    /// unsynced commit.
+    pub(super) sync: SyncPolicy,
+    /// The monotonic clock the sync policy's milliseconds count from.
+    pub(super) sync_epoch: tokio::time::Instant,
+    /// After a failed fsync: no new try before this.
+    pub(super) sync_retry_at: Option<tokio::time::Instant>,
+    /// The control loops' state as last journaled (to skip saves that would change only its time).
+    pub(super) loops_saved: Option<crate::loops::LoopsState>,
+}
+
+/// Waits until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Pipeline {
@@ -114,6 +144,13 @@ impl Pipeline {
                     let _ = self.district.on_input(crate::clock::now(), Input::TxFailed { device, f_cnt_down });
                 }
                 _ = maintain.tick() => self.housekeeping().await,
+                _ = sleep_until(self.sync_deadline()) => {
+                    let ok = self.sync_now().await;
+                    self.health.journal_ok(ok);
+                    if !ok {
+                        Counters::inc(&self.counters.journal_errors);
+                    }
+                }
                 _ = tick.tick() => {
                     let fx = self.district.on_input(crate::clock::now(), Input::Tick);
                     let save_now = fx.save_loops;
@@ -126,13 +163,44 @@ impl Pipeline {
                         b.control = control;
                     }
                     if last_save.elapsed() >= LOOPS_SAVE_EVERY {
-                        self.save_loops().await;
+                        self.save_loops_if_changed().await;
                         last_save = tokio::time::Instant::now();
                     }
                 }
             }
         }
         self.save_loops().await;
+        // A clean stop leaves nothing unsynced, whatever the durability mode.
+        self.sync_now().await;
+    }
+
+    /// The policy's ms: time since the pipeline started, on the monotonic clock.
+    fn sync_ms(&self) -> u64 {
+        u64::try_from(self.sync_epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When the journal must next be fsynced (None: nothing waits for an fsync).
+    fn sync_deadline(&self) -> Option<tokio::time::Instant> {
+        let due = self.sync.deadline_ms().map(|ms| self.sync_epoch + Duration::from_millis(ms))?;
+        Some(self.sync_retry_at.map_or(due, |r| r.max(due)))
+    }
+
+    /// fsyncs the journal now: what was committed becomes power-cut safe and visible to the uplink.
+    /// Returns whether it worked.
+    async fn sync_now(&mut self) -> bool {
+        match self.store.flush().await {
+            Ok(()) => {
+                self.sync.on_synced();
+                self.sync_retry_at = None;
+                self.journaled.notify_one();
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal fsync failed; will retry");
+                self.sync_retry_at = Some(tokio::time::Instant::now() + SYNC_RETRY);
+                false
+            }
+        }
     }
 
     /// The store's housekeeping. It runs here, not in the uplink, because it writes to the outbox
@@ -161,17 +229,28 @@ impl Pipeline {
         }
     }
 
-    /// Journals the control loops' state, if it changed since it was last written (flash wear).
+    /// Journals the parts of the control loops' state (one per device) that changed since they were
+    /// last written.
     async fn save_loops(&mut self) {
         let state = self.district.loops_snapshot(crate::clock::now());
-        match serde_json::to_vec(&state) {
-            Ok(bytes) => {
+        match state.to_parts() {
+            Ok(parts) => {
                 let mut batch = Batch::default();
-                if self.store.stage_loops_state(&mut batch, bytes) && !self.apply(batch, Effects::default()).await {
+                if self.store.stage_loops_parts(&mut batch, parts) && !self.apply(batch, Effects::default()).await {
                     tracing::warn!("saving the control loops' state failed");
+                    return;
                 }
+                self.loops_saved = Some(state);
             }
             Err(e) => tracing::warn!(error = %e, "serialising the control loops' state failed"),
+        }
+    }
+
+    /// The periodic save: only when the state changed in more than the time it was taken.
+    async fn save_loops_if_changed(&mut self) {
+        let state = self.district.loops_snapshot(crate::clock::now());
+        if self.loops_saved.as_ref().is_none_or(|saved| state.changed_since(saved)) {
+            self.save_loops().await;
         }
     }
 
@@ -319,8 +398,10 @@ impl Pipeline {
     }
 
     /// Switches the relays at once (local control does not wait for the journal), then journals
-    /// `batch` plus the messages (each under a new seq) and the state in `fx`, flushes, and only then
-    /// sends the downlinks. Returns whether everything is on disk.
+    /// `batch` plus the messages (each under a new seq) and the state in `fx`, fsyncs as the
+    /// durability policy says (always before a downlink: it uses a frame counter), and only then
+    /// sends the downlinks. Returns whether everything is in the journal (what the caller may
+    /// acknowledge).
     async fn apply(&mut self, mut batch: Batch, fx: Effects) -> bool {
         self.switch_relays(&fx.relays);
         for m in &fx.records {
@@ -343,13 +424,10 @@ impl Pipeline {
             true
         } else {
             match self.store.commit(batch, crate::clock::now()) {
-                Ok(()) => match self.store.flush().await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(error = %e, "journal flush failed; frames not acknowledged");
-                        false
-                    }
-                },
+                Ok(()) => {
+                    let now_ms = self.sync_ms();
+                    !self.sync.on_commit(now_ms, !fx.downlinks.is_empty()) || self.sync_now().await
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "journal write failed; frames not acknowledged");
                     false

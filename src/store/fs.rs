@@ -44,10 +44,6 @@ pub trait Fs: Send + Sync + Debug {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Moves a whole store directory aside (after damage); durable when it returns.
     fn rename_dir(&self, from: &Path, to: &Path) -> io::Result<()>;
-    /// sled's own flush timer (ms); None: sled writes only when the store flushes it explicitly.
-    fn sled_flush_every_ms(&self) -> Option<u64> {
-        Some(500)
-    }
     /// Called after each successful explicit flush of sled in `dir` (the simulation snapshots it).
     fn sled_flushed(&self, _dir: &Path) {}
 

@@ -78,7 +78,6 @@ pub use bound::{Announcement, CommitReport, DropAnnouncement, DropPolicy, EPISOD
 pub use device_state::StoredRoute;
 pub use fs::{FileRef, Fs, FsFile, RealFs};
 pub use recovery::OpenReport;
-pub use state::SLED_APPLY_EVERY;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -191,7 +190,11 @@ impl StoreOptions {
             },
             gateway_id: config.gateway.id.clone(),
             segment_bytes: None,
-            coalesce: Duration::from_millis(u64::from(b.flush_interval_ms).min(10)),
+            // Only per-commit fsyncs need spacing; in interval mode they are a window apart anyway.
+            coalesce: match b.durability {
+                crate::config::DurabilityMode::Commit => Duration::from_millis(u64::from(b.flush_interval_ms).min(10)),
+                crate::config::DurabilityMode::Interval => Duration::ZERO,
+            },
         }
     }
 
@@ -255,7 +258,6 @@ struct State {
     pending_kv: BTreeMap<Vec<u8>, Vec<u8>>,
     pending_lsn: u64,
     sled_lsn_durable: u64,
-    last_sled_apply: Instant,
     topic_last: HashMap<Topic, u64>,
     /// The highest seq in the log (single writer: every seq below it that will ever be committed is).
     max_committed: u64,
@@ -269,8 +271,9 @@ struct State {
     /// Records committed since the last flush, and in the last flush: how busy the pipeline is.
     records_since_sync: u64,
     records_last_sync: u64,
-    /// The control loops' state as last written to the log (an unchanged state is not written again).
-    loops_written: Option<Vec<u8>>,
+    /// The control loops' state as last written to the log, by key (the whole-blob key of older
+    /// versions and the parts; an unchanged part is not written again).
+    loops_written: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 struct Inner {
@@ -346,18 +349,12 @@ impl Store {
         let mut st = self.lock();
         let mut report = CommitReport::default();
         self.enforce_age(&mut st, now, &mut report)?;
-        state::drop_unchanged_loops_state(&mut batch.kv, st.loops_written.as_deref());
+        state::drop_unchanged_loops_state(&mut batch.kv, &st.loops_written);
         if batch.is_empty() && st.pending_acks.is_empty() {
             return Ok(report);
         }
         let mut entry = self.entry_for(&mut st, &mut batch, now);
         self.append_within_bound(&mut st, &mut entry, now, &mut report)?;
-        if st.last_sled_apply.elapsed() >= SLED_APPLY_EVERY {
-            // Best effort: the log has the state; sled catching up later is fine.
-            if let Err(e) = self.apply_to_sled(&mut st, false) {
-                tracing::warn!(error = %e, "copying state to the state database failed; will retry");
-            }
-        }
         Ok(report)
     }
 
@@ -485,9 +482,6 @@ impl Store {
                 }
                 tracing::debug!(error = %e, "logging acknowledgements failed");
             }
-        }
-        if st.tree.is_some() && st.last_sled_apply.elapsed() >= SLED_APPLY_EVERY {
-            let _ = self.apply_to_sled(&mut st, false);
         }
         if st.tree.is_some() {
             if let Err(e) = self.collect_garbage(&mut st) {

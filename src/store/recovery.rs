@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
@@ -26,7 +25,8 @@ use super::log_format::read_entry;
 use super::ranges::RangeSet;
 use super::segment::{create_segment, read_seq_floor, seg_path, ScannedSegment, Segment, SEQ_FLOOR};
 use super::state::{
-    be_u64, episode_from_json, open_sled, SledOpen, ACKED_KEY, EPISODE_KEY, FORMAT_KEY, LOOPS_KEY, LSN_KEY, MARKER,
+    be_u64, episode_from_json, is_loops_key, open_sled, SledOpen, ACKED_KEY, EPISODE_KEY, FORMAT_KEY, LOOPS_KEY,
+    LOOPS_PART_PREFIX, LSN_KEY, MARKER,
     NEXT_SEQ,
 };
 use super::{io_err, Batch, Inner, Record, State, Store, StoreError, StoreOptions, StoreStats, Topic};
@@ -246,10 +246,18 @@ impl Store {
         segments.insert(active_id, active);
 
         // The loops state as last written: the log's newer value, else sled's.
-        let loops_written = match pending_kv.get(LOOPS_KEY) {
-            Some(v) => Some(v.clone()),
-            None => tree.get(LOOPS_KEY)?.map(|v| v.to_vec()),
-        };
+        // The loops state as last written: sled's, overridden by the log's newer values.
+        let mut loops_written = BTreeMap::new();
+        if let Some(v) = tree.get(LOOPS_KEY)? {
+            loops_written.insert(LOOPS_KEY.to_vec(), v.to_vec());
+        }
+        for item in tree.scan_prefix(LOOPS_PART_PREFIX) {
+            let (k, v) = item?;
+            loops_written.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in pending_kv.iter().filter(|(k, _)| is_loops_key(k)) {
+            loops_written.insert(k.clone(), v.clone());
+        }
         let mut state = State {
             db: Some(db),
             tree: Some(tree),
@@ -265,7 +273,6 @@ impl Store {
             pending_kv,
             pending_lsn: max_lsn,
             sled_lsn_durable: lsn_applied,
-            last_sled_apply: Instant::now(),
             topic_last,
             max_committed: max_seq,
             durable_seq: max_seq,

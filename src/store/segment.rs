@@ -15,7 +15,7 @@ use super::codec;
 use super::fs::{FileRef, Fs};
 use super::log_format::Entry;
 use super::ranges::RangeSet;
-use super::state::LOOPS_KEY;
+use super::state::is_loops_key;
 use super::{io_err, RecordKind, State, Store, StoreError};
 
 /// The file holding a seq at or above every seq that was in a deleted (or rewritten) segment.
@@ -208,9 +208,9 @@ impl Store {
             }
         }
         for (k, v) in &entry.kv {
-            if k == LOOPS_KEY {
+            if is_loops_key(k) {
                 // What an unchanged loops state is compared with (`state.rs`): it is written now.
-                st.loops_written = Some(v.clone());
+                st.loops_written.insert(k.clone(), v.clone());
             }
             st.pending_kv.insert(k.clone(), v.clone());
         }

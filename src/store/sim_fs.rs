@@ -11,7 +11,7 @@
 //! open, and fsyncs its parent; modelling that is not worth the code).
 //!
 //! sled does its own I/O, on the real disk (a temp dir). It is modelled as "keeps only what sled
-//! flushed": in simulation sled runs without its flush timer ([`Fs::sled_flush_every_ms`] is None),
+//! flushed": sled runs without its flush timer (in production too: flash wear),
 //! so its files change on disk only as its buffers fill or when the store flushes it; after each
 //! successful explicit flush the store calls [`Fs::sled_flushed`], which copies sled's directory, and
 //! a power cut puts that copy back. (What sled wrote after its last flush is lost, as with a real
@@ -371,9 +371,6 @@ impl Fs for SimFs {
         let dirs: Vec<PathBuf> = s.dirs.iter().filter_map(|d| Some(to.join(d.strip_prefix(from).ok()?))).collect();
         s.dirs.extend(dirs);
         Ok(())
-    }
-    fn sled_flush_every_ms(&self) -> Option<u64> {
-        None
     }
     fn sled_flushed(&self, dir: &Path) {
         let mut s = self.lock();

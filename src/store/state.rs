@@ -1,8 +1,11 @@
 //! The store's state in sled (`dir` itself is a sled database): frame counters, sessions, nonces,
 //! accepted command ids, remote devices, the control loops' state, the acknowledged-seq set. State
-//! changes travel in the log entry of their [`Batch`] (atomic with its records) and are copied into
-//! sled in the background, at most every [`SLED_APPLY_EVERY`]; at open, what sled had not made
-//! durable is replayed from the log (`m/lsn` says how far it got).
+//! changes travel in the log entry of their [`Batch`] (atomic with its records) and are kept in memory
+//! until sled needs them: they are copied into sled (and sled flushed) only before a log segment that
+//! carries them is deleted, at open, and when a reader asks (without a flush). sled runs without its
+//! own flush timer: it writes to flash only when the store flushes it, once per deleted segment, so
+//! an idle gateway writes nothing and a busy one writes its state once per segment, not per second.
+//! At open, what sled had not made durable is replayed from the log (`m/lsn` says how far it got).
 //!
 //! | sled key                | value                                   |
 //! |-------------------------|-----------------------------------------|
@@ -49,6 +52,13 @@ pub(super) const NEXT_SEQ: &[u8] = b"m/next_seq";
 pub(super) const ACKED_KEY: &[u8] = b"m/acked";
 pub(super) const EPISODE_KEY: &[u8] = b"m/episode";
 pub(super) const LOOPS_KEY: &[u8] = b"m/loops";
+/// A part of the control loops' state (`l/` + part name; an empty value: the part is gone).
+pub(super) const LOOPS_PART_PREFIX: &[u8] = b"l/";
+
+/// Whether a key holds (part of) the control loops' state.
+pub(super) fn is_loops_key(k: &[u8]) -> bool {
+    k == LOOPS_KEY || k.starts_with(LOOPS_PART_PREFIX)
+}
 pub(super) const FCNT_PREFIX: &[u8] = b"f/";
 pub(super) const FCNT_DOWN_PREFIX: &[u8] = b"d/";
 pub(super) const SESSION_PREFIX: &[u8] = b"s/";
@@ -57,8 +67,6 @@ pub(super) const JOIN_NONCE: &[u8] = b"m/join_nonce";
 pub(super) const COMMAND_PREFIX: &[u8] = b"c/";
 pub(super) const REMOTE_DEVICE_PREFIX: &[u8] = b"u/";
 
-/// How often the log's state changes are copied into sled.
-pub const SLED_APPLY_EVERY: Duration = Duration::from_millis(1000);
 
 pub(super) fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -94,11 +102,20 @@ impl Batch {
     }
 }
 
-/// Takes an unchanged loops state (the batch's last value for it equals `written`) out of a batch.
-pub(super) fn drop_unchanged_loops_state(kv: &mut Vec<(Vec<u8>, Vec<u8>)>, written: Option<&[u8]>) {
-    let last = kv.iter().rev().find(|(k, _)| k == LOOPS_KEY).map(|(_, v)| v.as_slice());
-    if last.is_some() && last == written {
-        kv.retain(|(k, _)| k != LOOPS_KEY);
+/// Takes unchanged loops state (keys whose last value in the batch equals what was last written;
+/// an absent key counts as written empty) out of a batch.
+pub(super) fn drop_unchanged_loops_state(kv: &mut Vec<(Vec<u8>, Vec<u8>)>, written: &BTreeMap<Vec<u8>, Vec<u8>>) {
+    let mut last: HashMap<&[u8], &[u8]> = HashMap::new();
+    for (k, v) in kv.iter().filter(|(k, _)| is_loops_key(k)) {
+        last.insert(k, v);
+    }
+    let unchanged: Vec<Vec<u8>> = last
+        .into_iter()
+        .filter(|(k, v)| written.get(*k).map_or(v.is_empty(), |w| w.as_slice() == *v))
+        .map(|(k, _)| k.to_vec())
+        .collect();
+    if !unchanged.is_empty() {
+        kv.retain(|(k, _)| !unchanged.contains(k));
     }
 }
 
@@ -111,7 +128,11 @@ impl Store {
         };
         let mut b = sled::Batch::default();
         for (k, v) in std::mem::take(&mut st.pending_kv) {
-            b.insert(k, v);
+            if v.is_empty() && is_loops_key(&k) {
+                b.remove(k); // a part that is gone
+            } else {
+                b.insert(k, v);
+            }
         }
         b.insert(LSN_KEY, &st.pending_lsn.to_be_bytes());
         b.insert(NEXT_SEQ, &self.next_seq().to_be_bytes());
@@ -122,7 +143,6 @@ impl Store {
         }
         let lsn = st.pending_lsn;
         let r = tree.apply_batch(b).and_then(|_| if sync { tree.flush().map(|_| ()) } else { Ok(()) });
-        st.last_sled_apply = Instant::now();
         match r {
             Ok(()) => {
                 if sync {
@@ -292,17 +312,54 @@ impl Store {
         self.commit(b, now)
     }
 
-    /// The control loops' saved state (the bytes last committed with [`Batch::set_loops_state`]), if
+    /// The control loops' saved state as one blob (the bytes last committed with
+    /// [`Batch::set_loops_state`]; versions before the state was saved in parts wrote only this), if
     /// any. Kept in memory since the open: reading it costs no I/O.
     pub fn loops_state(&self) -> Option<Vec<u8>> {
-        self.lock().loops_written.clone()
+        self.lock().loops_written.get(LOOPS_KEY).filter(|v| !v.is_empty()).cloned()
+    }
+
+    /// The control loops' saved state in parts (name → bytes, as staged with
+    /// [`Store::stage_loops_parts`]); empty when none was saved that way. No I/O.
+    pub fn loops_parts(&self) -> BTreeMap<String, Vec<u8>> {
+        self.lock()
+            .loops_written
+            .iter()
+            .filter(|(k, v)| k.starts_with(LOOPS_PART_PREFIX) && !v.is_empty())
+            .map(|(k, v)| (String::from_utf8_lossy(&k[LOOPS_PART_PREFIX.len()..]).into_owned(), v.clone()))
+            .collect()
+    }
+
+    /// Adds to `batch` the parts of the control loops' state that differ from what was last written,
+    /// and removes the parts that are gone (and a whole-blob state of an older version). Returns
+    /// whether anything was staged: an unchanged state writes nothing. Saving in parts (one per
+    /// device, say) writes only what changed: the state of the devices heard since the last save.
+    pub fn stage_loops_parts(&self, batch: &mut Batch, parts: BTreeMap<String, Vec<u8>>) -> bool {
+        let st = self.lock();
+        let before = batch.kv.len();
+        for (k, v) in &st.loops_written {
+            let gone = match k.strip_prefix(LOOPS_PART_PREFIX) {
+                Some(name) => std::str::from_utf8(name).map_or(true, |n| !parts.contains_key(n)),
+                None => k == LOOPS_KEY,
+            };
+            if gone && !v.is_empty() {
+                batch.kv.push((k.clone(), Vec::new()));
+            }
+        }
+        for (name, v) in parts {
+            let k = prefixed(LOOPS_PART_PREFIX, name.as_bytes());
+            if st.loops_written.get(&k) != Some(&v) {
+                batch.kv.push((k, v));
+            }
+        }
+        batch.kv.len() > before
     }
 
     /// Adds the control loops' state to `batch` if it differs from the state last written; returns
     /// whether it did. An unchanged state leaves the batch as it was (an empty batch needs no commit
     /// and no flush: no write at all).
     pub fn stage_loops_state(&self, batch: &mut Batch, bytes: Vec<u8>) -> bool {
-        if self.lock().loops_written.as_deref() == Some(bytes.as_slice()) {
+        if self.lock().loops_written.get(LOOPS_KEY) == Some(&bytes) {
             return false;
         }
         batch.set_loops_state(bytes);
@@ -319,7 +376,7 @@ impl Store {
         if !fs.exists(path) {
             return Ok(false);
         }
-        let adopted = if self.loops_state().is_some() {
+        let adopted = if self.loops_state().is_some() || !self.loops_parts().is_empty() {
             tracing::info!(path = %path.display(), "the control loops' state is in the store: removing the old file");
             false
         } else {
@@ -370,9 +427,9 @@ fn open_sled_once(dir: &Path, cache_bytes: u64, fs: &dyn Fs) -> SledOpen {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            // Our log is the journal; sled holds state copied from it, so its own timer is enough.
-            // (The power-cut simulation turns it off: there sled is durable only when flushed.)
-            .flush_every_ms(fs.sled_flush_every_ms())
+            // Our log is the journal; sled holds state copied from it and is flushed by the store when
+            // it must be durable (before a segment goes). Its own timer would write every 500 ms.
+            .flush_every_ms(None)
             .open()?;
         let tree = db.open_tree("journal")?;
         // Touch every page once: sled reads pages lazily, and a damaged one panics when first read.

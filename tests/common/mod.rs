@@ -282,6 +282,10 @@ pub fn config_text(gateway: &str, data_dir: &Path, broker_url: &str, gwmp_port: 
     config_text_with(gateway, data_dir, broker_url, "", gwmp_port, devices)
 }
 
+/// The tests' `[buffer]`: the default durability (interval) with a short window, so that readings
+/// reach the broker within a quarter of a second of their commit, as the tests' timeouts expect.
+pub const TEST_BUFFER: &str = "flush_interval_ms = 250";
+
 /// [`config_text`] with more lines in `[mqtt]`.
 pub fn config_text_with(
     gateway: &str,
@@ -294,6 +298,7 @@ pub fn config_text_with(
     let mut s = format!(
         "[gateway]\nid = \"{gateway}\"\ndata_dir = \"{}\"\nlog_level = \"debug\"\n\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"{broker_url}\"\n\
          topic_prefix = \"city\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n{mqtt_extra}\n\
+         [buffer]\n{TEST_BUFFER}\n\
          [[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:{gwmp_port}\"\n\n",
         data_dir.display()
     );

@@ -11,6 +11,7 @@ pub mod control;
 pub mod decode;
 pub mod device_frames;
 pub mod district;
+pub mod durability;
 pub mod events;
 pub mod ingest;
 pub mod keys;

@@ -4,7 +4,7 @@
 //! the pipeline (the shell) journals the messages and hands the actuator commands to the network
 //! server (LoRaWAN downlinks) or the gateway's own outputs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -72,10 +72,73 @@ impl LoopOutput {
 }
 
 /// What survives a restart.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoopsState {
     pub aggregates: Option<AggregatorState>,
     pub events: Option<EventsState>,
+}
+
+impl LoopsState {
+    /// Whether this state differs from `earlier` in more than the time it was taken (the silence
+    /// watch's downtime anchor): a state that has only grown older is not worth a flash write. After
+    /// a power cut the downtime is then counted from the last real change, so a silence alarm can come
+    /// that much later (never earlier); a clean stop saves the exact time.
+    pub fn changed_since(&self, earlier: &LoopsState) -> bool {
+        let mut aligned = earlier.clone();
+        if let (Some(a), Some(b)) = (&mut aligned.events, &self.events) {
+            a.silence.snapshot_at_ms = b.silence.snapshot_at_ms;
+        }
+        aligned != *self
+    }
+
+    /// The state in parts, to be saved separately so that a save writes only the parts that changed:
+    /// one per device in each per-device map (`aggregates/devices/{name}`,
+    /// `events/silence/devices/{name}`, ...), and `root` for the rest. [`LoopsState::from_parts`]
+    /// puts them back together.
+    pub fn to_parts(&self) -> Result<BTreeMap<String, Vec<u8>>, serde_json::Error> {
+        let mut root = serde_json::to_value(self)?;
+        let mut parts = BTreeMap::new();
+        for path in DEVICE_MAPS {
+            let Some(Value::Object(map)) = pointer_mut(&mut root, path).map(std::mem::take) else { continue };
+            for (device, v) in map {
+                parts.insert(format!("{}/{device}", path.join("/")), serde_json::to_vec(&v)?);
+            }
+            if let Some(slot) = pointer_mut(&mut root, path) {
+                *slot = Value::Object(serde_json::Map::new());
+            }
+        }
+        parts.insert("root".into(), serde_json::to_vec(&root)?);
+        Ok(parts)
+    }
+
+    /// The state from its parts ([`LoopsState::to_parts`]). Parts that do not fit (a device map that
+    /// a newer version added, say) are left out.
+    pub fn from_parts(parts: &BTreeMap<String, Vec<u8>>) -> Result<LoopsState, serde_json::Error> {
+        let mut root: Value = match parts.get("root") {
+            Some(b) => serde_json::from_slice(b)?,
+            None => Value::Object(serde_json::Map::new()),
+        };
+        for (name, bytes) in parts {
+            let Some((path, device)) = name.rsplit_once('/') else { continue };
+            let Some(map_path) = DEVICE_MAPS.iter().find(|p| p.join("/") == path) else { continue };
+            if let Some(Value::Object(map)) = pointer_mut(&mut root, map_path) {
+                map.insert(device.to_string(), serde_json::from_slice(bytes)?);
+            }
+        }
+        serde_json::from_value(root)
+    }
+}
+
+/// The per-device maps of [`LoopsState`]'s JSON: saved one part per device.
+const DEVICE_MAPS: [&[&str]; 4] = [
+    &["aggregates", "devices"],
+    &["events", "containers", "devices"],
+    &["events", "silence", "devices"],
+    &["events", "trees", "devices"],
+];
+
+fn pointer_mut<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, k| v.get_mut(*k))
 }
 
 /// What the loops are built from: the parts of the gateway's configuration they use (the shell's
@@ -437,5 +500,59 @@ pub fn encode_load_state(s: demand::LoadState) -> Vec<u8> {
             vec![0x02, a, b]
         }
         demand::LoadState::Switch(on) => vec![0x03, u8::from(on)],
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use crate::events::{SilenceState, SilenceStatus};
+
+    fn state(snapshot_at_ms: i64, last_seen_ms: Option<i64>) -> LoopsState {
+        let mut silence = SilenceState { snapshot_at_ms, ..SilenceState::default() };
+        silence.devices.insert("pir-1".into(), SilenceStatus { last_seen_ms, since_ms: 0, silent: false });
+        LoopsState { aggregates: None, events: Some(EventsState { silence, ..EventsState::default() }) }
+    }
+
+    #[test]
+    fn a_state_that_only_grew_older_has_not_changed() {
+        assert!(!state(60_000, Some(1)).changed_since(&state(30_000, Some(1))));
+        assert!(state(60_000, Some(2)).changed_since(&state(30_000, Some(1))), "a device was heard");
+        assert!(state(0, None).changed_since(&LoopsState::default()));
+    }
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::*;
+    use crate::events::{SilenceState, SilenceStatus};
+
+    #[test]
+    fn parts_put_back_together_give_the_same_state() {
+        let mut silence = SilenceState { snapshot_at_ms: 5, ..SilenceState::default() };
+        for d in ["pir-1", "pir-2"] {
+            silence.devices.insert(d.into(), SilenceStatus { last_seen_ms: Some(3), since_ms: 1, silent: false });
+        }
+        let state = LoopsState { aggregates: None, events: Some(EventsState { silence, ..EventsState::default() }) };
+        let parts = state.to_parts().expect("serialises");
+        let names: Vec<&str> = parts.keys().map(String::as_str).collect();
+        assert_eq!(names, ["events/silence/devices/pir-1", "events/silence/devices/pir-2", "root"]);
+        assert_eq!(LoopsState::from_parts(&parts).expect("parses"), state);
+        assert_eq!(LoopsState::from_parts(&BTreeMap::new()).expect("empty"), LoopsState::default());
+    }
+
+    #[test]
+    fn a_change_to_one_device_changes_only_its_part() {
+        let mut silence = SilenceState::default();
+        silence.devices.insert("a".into(), SilenceStatus { last_seen_ms: Some(1), since_ms: 0, silent: false });
+        silence.devices.insert("b".into(), SilenceStatus { last_seen_ms: Some(1), since_ms: 0, silent: false });
+        let mut state = LoopsState { aggregates: None, events: Some(EventsState { silence, ..EventsState::default() }) };
+        let before = state.to_parts().expect("parts");
+        if let Some(e) = state.events.as_mut() {
+            e.silence.devices.insert("b".into(), SilenceStatus { last_seen_ms: Some(9), since_ms: 0, silent: false });
+        }
+        let after = state.to_parts().expect("parts");
+        let changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
+        assert_eq!(changed, ["events/silence/devices/b"]);
     }
 }
