@@ -318,6 +318,9 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let CommandLink { requests: commands, answers: mut refusals } = commands;
     let mut refusals_open = true;
+    // Messages on `cmd/req` dropped because the executor's queue was full, not logged yet.
+    let mut dropped_unlogged = 0u64;
+    let mut drop_log = district_core::commands::TokenBucket::new(1, 1.0 / 60.0);
     let cmd_topic = format!("{}cmd/req", s.topic_base);
     let brokers = if policy.brokers.is_empty() {
         vec![BrokerAddr { host: s.host.clone(), port: s.port, tls: s.tls }]
@@ -403,7 +406,15 @@ pub async fn run_with(
                     Counters::inc(&counters.commands_received);
                     if commands.try_send(p.payload.to_vec()).is_err() {
                         Counters::inc(&counters.commands_dropped);
-                        tracing::warn!("command queue full: command dropped (the city may resend it)");
+                        // Under a flood the queue stays full: one line a minute at most.
+                        dropped_unlogged += 1;
+                        if drop_log.try_take(crate::clock::now()) {
+                            tracing::warn!(
+                                "command queue full: {dropped_unlogged} commands dropped since the last such line \
+                                 (the city may resend them)"
+                            );
+                            dropped_unlogged = 0;
+                        }
                     }
                 }
             }
