@@ -1,10 +1,12 @@
 //! The messages the daemon's tasks exchange: the sources hand frames and meter samples to the
 //! pipeline ([`IngestRequest`]) and report failed transmissions ([`TxFailed`]); the pipeline hands
 //! downlinks to the sources ([`SourceDownlink`]); the executor (and the supervisor) ask the pipeline
-//! for what only it may do ([`Control`]). Plain data and channels' ends: this module imports nothing
-//! from `io`, `ops` or `runtime`, so each of them can use it without depending on the others.
+//! for what only it may do ([`Control`]); the uplink and the executor exchange commands and the
+//! answers to refused ones ([`CommandLink`], [`RefusalAnswer`]). Plain data and channels' ends: this
+//! module imports nothing from `io`, `ops` or `runtime`, so each of them can use it without depending
+//! on the others.
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use district_core::commands::{CommandName, RefusalCode};
 
@@ -35,6 +37,27 @@ pub struct SourceDownlink {
     /// How to transmit it; each source converts it at its own edge (gwmp: `TxPk`, SX127x: `TxRequest`).
     pub params: TxParams,
     pub phy: Vec<u8>,
+}
+
+/// The `cmd/res` answer to a command the verifier refused (malformed, bad signature, unknown key,
+/// expired, wrong gateway, replayed, ...: refused before it was accepted). The executor hands it to
+/// the uplink, which publishes it at once with QoS 1 and keeps it nowhere: never journaled, dropped
+/// (and counted as unanswered) when the broker is not connected or the queue is full. Such refusals
+/// can come from anyone who can publish on `cmd/req`, so they must cost nothing on flash. Answers of
+/// accepted commands (results, execution failures) go through the journal ([`Control::Journal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalAnswer {
+    pub payload: Vec<u8>,
+}
+
+/// Room for refusal answers between the executor and the uplink: more than the executor's burst.
+pub const REFUSAL_ANSWERS_QUEUE: usize = 32;
+
+/// The uplink's ends of the command channels: envelopes from `cmd/req` to the executor, and the
+/// answers to refused ones back.
+pub struct CommandLink {
+    pub requests: mpsc::Sender<Vec<u8>>,
+    pub answers: mpsc::Receiver<RefusalAnswer>,
 }
 
 /// Requests to the pipeline (the network server and the control loops) from the rest of the daemon.

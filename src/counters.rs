@@ -54,6 +54,7 @@ counters! {
     readings_dropped: "readings dropped by the buffer policy (disk bound reached)",
     commands_received: "messages received on cmd/req",
     commands_dropped: "messages on cmd/req dropped because the executor queue was full",
+    commands_unanswered: "refused commands not answered: answer rate limit, uplink queue full or not connected",
     last_uplink_unix_ms: "time of the last accepted uplink (ms since 1970; a gauge)",
     mqtt_connected: "1 while connected to the broker",
     mqtt_reconnects: "broker connections lost",

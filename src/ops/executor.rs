@@ -1,9 +1,17 @@
 //! The command executor: verifies signed commands from `cmd/req`, runs them one at a time in order,
-//! and journals each answer for `cmd/res` (so answers reach the city at least once, like readings).
+//! and journals each answer of an accepted command for `cmd/res` (so those answers reach the city at
+//! least once, like readings).
+//!
+//! A command the verifier refuses (malformed, bad signature, unknown key, expired, wrong gateway,
+//! replayed, unknown command, invalid args) may come from anyone who can publish on `cmd/req`: it
+//! costs nothing on flash. It is counted by code, answered directly by the uplink (a
+//! [`RefusalAnswer`], never journaled) and logged on its own line only within the rate limits of
+//! [`RefusalLimiter`] (see `district_core::commands::limits`); beyond them it is counted as
+//! unanswered, and the refusals not logged one by one are summed up in one line a minute.
 //!
 //! Verification is the pure `commands::Verifier`; this task owns its state (the seen ids, persisted in
-//! the store before a command runs) and the side effects. A slow command delays only later commands,
-//! never readings: the pipeline and the uplink are other tasks.
+//! the store — and fsynced — before a command runs) and the side effects. A slow command delays only
+//! later commands, never readings: the pipeline and the uplink are other tasks.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,11 +21,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::{Control, DeviceChange};
+use crate::bus::{Control, DeviceChange, RefusalAnswer};
 use crate::config::{Config, DeviceConfig};
 use crate::counters::Counters;
 use crate::io::status::SourceStatus;
-use crate::ops::commands::{Command, CommandCounts, CommandName, Refusal, RefusalCode, Verifier};
+use crate::ops::commands::{
+    Command, CommandCounts, CommandName, Refusal, RefusalCode, RefusalLimiter, UnloggedRefusals, Verifier,
+};
 use crate::reading::rfc3339;
 use crate::store::Store;
 
@@ -38,6 +48,8 @@ pub struct ExecutorContext {
     pub started: Instant,
     pub started_at: DateTime<Utc>,
     pub apply: Option<mpsc::Sender<ApplyRequest>>,
+    /// Answers to refused commands, for the uplink to publish without journaling them.
+    pub refusals: mpsc::Sender<RefusalAnswer>,
 }
 
 pub fn verifier(config: &Config) -> Result<Verifier, String> {
@@ -56,19 +68,32 @@ pub async fn run(mut ctx: ExecutorContext, mut verifier: Verifier, mut rx: mpsc:
         ),
         Err(e) => tracing::error!(error = %e, "cannot read the remembered command ids"),
     }
-    while let Some(envelope) = rx.recv().await {
+    let mut limiter = RefusalLimiter::default();
+    loop {
+        // Wait for the next envelope, or until the summary of unlogged refusals is due.
+        let summary_in = limiter.summary_due_at().map(|due| (due - crate::clock::now()).to_std().unwrap_or_default());
+        let envelope = tokio::select! {
+            e = rx.recv() => e,
+            _ = tokio::time::sleep(summary_in.unwrap_or_default()), if summary_in.is_some() => {
+                let now = crate::clock::now();
+                if let Some(s) = limiter.take_summary(now) {
+                    log_unlogged(&s, now);
+                }
+                continue;
+            }
+        };
+        let Some(envelope) = envelope else { break };
         let now = crate::clock::now();
         verifier.prune(now);
         let cmd = match verifier.verify(now, &envelope) {
             Ok(c) => c,
             Err(refusal) => {
-                tracing::warn!(code = refusal.code.as_str(), id = ?refusal.id, reason = %refusal.message, "command refused");
-                ctx.commands.record(Err(refusal.code));
-                respond(&ctx, refusal.to_response()).await;
+                refused(&ctx, &mut limiter, now, &refusal);
                 continue;
             }
         };
-        // Remember the id on disk before anything happens, so that a crash cannot make it replayable.
+        // Remember the id on disk (fsynced) before anything happens, so that a crash cannot make it
+        // replayable.
         let remembered = ctx.store.remember_command(&cmd.id, cmd.forget_after.timestamp_millis(), now);
         if remembered.is_err() || ctx.store.flush().await.is_err() {
             let r = cmd.refuse(RefusalCode::Internal, "the command could not be recorded; nothing was done");
@@ -90,6 +115,31 @@ pub async fn run(mut ctx: ExecutorContext, mut verifier: Verifier, mut rx: mpsc:
             }
         }
     }
+    if let Some(s) = limiter.finish() {
+        log_unlogged(&s, crate::clock::now());
+    }
+}
+
+/// A command the verifier refused: counted; answered through the uplink (not journaled) and logged,
+/// each within its rate limit; not answered: counted as unanswered.
+fn refused(ctx: &ExecutorContext, limiter: &mut RefusalLimiter, now: DateTime<Utc>, refusal: &Refusal) {
+    ctx.commands.record(Err(refusal.code));
+    let decision = limiter.on_refusal(now, refusal.code);
+    if decision.log {
+        tracing::warn!(code = refusal.code.as_str(), id = ?refusal.id, reason = %refusal.message, "command refused");
+    }
+    let sent = decision.answer && ctx.refusals.try_send(RefusalAnswer { payload: refusal.to_response() }).is_ok();
+    if !sent {
+        Counters::inc(&ctx.counters.commands_unanswered);
+    }
+    if let Some(s) = limiter.take_summary(now) {
+        log_unlogged(&s, now);
+    }
+}
+
+fn log_unlogged(s: &UnloggedRefusals, now: DateTime<Utc>) {
+    let (n, secs, codes) = (s.count, s.seconds(now), s.codes());
+    tracing::warn!("{n} commands refused in the last {secs} s, not logged one by one ({codes})");
 }
 
 /// Journals a `cmd/res` payload through the pipeline (the only writer of the outbox).

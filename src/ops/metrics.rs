@@ -15,10 +15,14 @@
 //!   `district_gateway_downlinks_duty_cycle_total`, `district_gateway_frames_mac_only_total`;
 //! - `district_gateway_readings_journaled_total`, `district_gateway_journal_errors_total`,
 //!   `district_gateway_records_published_total`, `district_gateway_readings_dropped_total`;
+//! - `district_gateway_journal_bytes_written_total`, `district_gateway_journal_fsyncs_total` (flash wear);
 //! - `district_gateway_backlog_records`, `district_gateway_backlog_bytes`,
 //!   `district_gateway_backlog_oldest_age_seconds` (0 when empty);
 //! - `district_gateway_mqtt_connected`, `district_gateway_mqtt_reconnects_total`;
-//! - `district_gateway_commands_total{code}` (`ok` or a refusal code);
+//! - `district_gateway_commands_total{code}` (`ok` or a refusal code),
+//!   `district_gateway_commands_unanswered_total` (refused commands left without an answer: the answer
+//!   rate limit, or no broker connection), `district_gateway_commands_received_total`,
+//!   `district_gateway_commands_dropped_total` (executor queue full);
 //! - `district_gateway_source_state{source,kind,state}` and `district_gateway_control_state{control,name,state}`
 //!   (1 for the current state);
 //! - `district_gateway_healthy`, `district_gateway_core_loop_tick_age_seconds`, `district_gateway_journal_writable`;
@@ -54,6 +58,10 @@ pub struct MetricsSnapshot {
     pub backlog_oldest_age_s: Option<f64>,
     /// Readings dropped by the buffer-full policy.
     pub readings_dropped: u64,
+    /// Bytes appended to the journal's log since start (`StoreStats::log_bytes`).
+    pub journal_bytes_written: u64,
+    /// Journal fsyncs since start (`StoreStats::fsyncs`).
+    pub journal_fsyncs: u64,
     pub sources: Vec<SourceMetrics>,
     /// Frames per source and result, if the shell counts them per source.
     pub source_frames: Vec<SourceFrames>,
@@ -358,6 +366,13 @@ fn map_counter(name: &str) -> Option<CounterMapping> {
             "smart-meter readings received (SML frames with values)",
             None,
         ),
+        "commands_unanswered" => (
+            "district_gateway_commands_unanswered_total",
+            Counter,
+            "refused commands left without an answer on cmd/res: beyond the answer rate limit, or not sendable \
+             (uplink queue full, no broker connection)",
+            None,
+        ),
         "mqtt_connected" => ("district_gateway_mqtt_connected", Gauge, "1 while connected to the broker", None),
         "mqtt_reconnects" => {
             ("district_gateway_mqtt_reconnects_total", Counter, "broker connections lost (then re-established)", None)
@@ -428,6 +443,20 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "readings dropped because the backlog reached its bound",
         &[],
         s.readings_dropped,
+    );
+    m.add(
+        "district_gateway_journal_bytes_written_total",
+        Counter,
+        "bytes appended to the journal since start (flash writes, before the file system's own)",
+        &[],
+        s.journal_bytes_written,
+    );
+    m.add(
+        "district_gateway_journal_fsyncs_total",
+        Counter,
+        "journal fsyncs since start (each one rewrites at least one flash page)",
+        &[],
+        s.journal_fsyncs,
     );
 
     for &(code, n) in &s.commands {
@@ -720,6 +749,8 @@ pub(crate) mod tests {
             backlog_bytes: 4096,
             backlog_oldest_age_s: Some(3.25),
             readings_dropped: 2,
+            journal_bytes_written: 123_456,
+            journal_fsyncs: 78,
             sources: vec![
                 SourceMetrics { name: "gwmp:127.0.0.1:1700".into(), kind: "gwmp".into(), state: SourceState::Up },
                 SourceMetrics { name: "sml:/dev/ttyUSB0".into(), kind: "sml".into(), state: SourceState::Retrying },
@@ -759,6 +790,7 @@ pub(crate) mod tests {
         set(&counters.mqtt_connected, 1);
         set(&counters.mqtt_reconnects, 6);
         set(&counters.push_data, 20);
+        set(&counters.commands_unanswered, 290);
         let text = render(&sample_snapshot(&counters));
         let (samples, types) = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
 
@@ -784,8 +816,12 @@ pub(crate) mod tests {
         assert_eq!(value(&samples, "district_gateway_backlog_records", &[]), Some(42.0));
         assert_eq!(value(&samples, "district_gateway_backlog_oldest_age_seconds", &[]), Some(3.25));
         assert_eq!(value(&samples, "district_gateway_readings_dropped_total", &[]), Some(2.0));
+        assert_eq!(value(&samples, "district_gateway_journal_bytes_written_total", &[]), Some(123_456.0));
+        assert_eq!(value(&samples, "district_gateway_journal_fsyncs_total", &[]), Some(78.0));
+        assert_eq!(types["district_gateway_journal_fsyncs_total"], "counter");
         assert_eq!(value(&samples, "district_gateway_commands_total", &[("code", "ok")]), Some(3.0));
         assert_eq!(value(&samples, "district_gateway_commands_total", &[("code", "replayed")]), Some(1.0));
+        assert_eq!(value(&samples, "district_gateway_commands_unanswered_total", &[]), Some(290.0));
         let src = |state| [("source", "sml:/dev/ttyUSB0"), ("kind", "sml"), ("state", state)];
         assert_eq!(value(&samples, "district_gateway_source_state", &src("retrying")), Some(1.0));
         assert_eq!(value(&samples, "district_gateway_source_state", &src("up")), Some(0.0));

@@ -207,6 +207,7 @@ impl Daemon {
         tasks.spawn(pipeline.run(rx, control_rx, tx_failed_rx));
 
         let (cmd_tx, cmd_rx) = mpsc::channel::<Vec<u8>>(64);
+        let (refusals_tx, refusals_rx) = mpsc::channel(crate::bus::REFUSAL_ANSWERS_QUEUE);
         let ctx = crate::ops::executor::ExecutorContext {
             config: config.clone(),
             store: store.clone(),
@@ -217,6 +218,7 @@ impl Daemon {
             started,
             started_at,
             apply: options.apply,
+            refusals: refusals_tx,
         };
         tasks.spawn(crate::ops::executor::run(ctx, verifier, cmd_rx));
 
@@ -244,8 +246,9 @@ impl Daemon {
         let settings = uplink_settings(config)?;
         let policy = mqtt::UplinkPolicy::from_config(config);
         let (store2, counters2, rx2) = (store.clone(), counters.clone(), shutdown_rx.clone());
+        let link = crate::bus::CommandLink { requests: cmd_tx, answers: refusals_rx };
         tasks.spawn(async move {
-            if let Err(e) = mqtt::run_with(settings, policy, store2, journaled, counters2, cmd_tx, rx2).await {
+            if let Err(e) = mqtt::run_with(settings, policy, store2, journaled, counters2, link, rx2).await {
                 tracing::error!(error = %e, "uplink stopped");
             }
         });

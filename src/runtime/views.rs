@@ -39,6 +39,8 @@ pub(super) fn metrics_fn(
             backlog_bytes: store.size_on_disk(),
             backlog_oldest_age_s: store.oldest_record_age_s(crate::clock::now()),
             readings_dropped: counters.readings_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            journal_bytes_written: store.stats().log_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            journal_fsyncs: store.stats().fsyncs.load(std::sync::atomic::Ordering::Relaxed),
             sources: source_metrics,
             commands: commands.snapshot(),
             health: Some(health.check()),

@@ -63,6 +63,40 @@ pub fn publish(port: u16, topic: &str, payload: &[u8]) {
     panic!("publishing on {topic}: no PUBACK from the broker");
 }
 
+/// Publishes every payload with QoS 1 over one connection, as fast as the broker takes them, and
+/// returns once the broker acknowledged them all.
+pub fn publish_many(port: u16, topic: &str, payloads: &[Vec<u8>]) {
+    let id = format!("test-flood-{}", std::process::id());
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    let n = payloads.len();
+    let acks = std::thread::spawn(move || {
+        let (mut acks, end) = (0, Instant::now() + Duration::from_secs(30));
+        while acks < n && Instant::now() < end {
+            match conn.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_)))) => acks += 1,
+                Ok(Err(_)) => std::thread::sleep(Duration::from_millis(50)),
+                _ => {}
+            }
+        }
+        (acks, conn)
+    });
+    for p in payloads {
+        client.publish(topic, rumqttc::QoS::AtLeastOnce, false, p.clone()).unwrap();
+    }
+    let (acked, mut conn) = acks.join().unwrap();
+    assert_eq!(acked, n, "publishing {n} messages on {topic}: not all acknowledged by the broker");
+    let _ = client.disconnect();
+    for _ in 0..20 {
+        match conn.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) => break,
+            _ => {}
+        }
+    }
+}
+
 /// The command JSON bytes.
 pub fn command_json(
     id: &str,

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use district_gateway::sim::SimDevice;
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::common::signed::*;
 use crate::common::*;
 use crate::harness::*;
+use crate::prometheus::Metrics;
 use crate::traffic::*;
 
 /// Every spelling of a device's session keys that must never show up in an answer or a log.
@@ -252,4 +253,165 @@ fn status_config_buffer_log_and_device_commands() {
         assert!(!all_answers.contains(&s), "an answer on cmd/res contains key material");
         assert!(!log.contains(&s), "the log contains key material");
     }
+}
+
+/// Bytes this process has caused to be written to storage (`/proc/PID/io` `write_bytes`): the
+/// journal, sled, and the daemon's own log file (the test's stand-in for journald).
+fn storage_write_bytes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io of the daemon");
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("write_bytes in /proc/PID/io")
+}
+
+/// The journal's activity as /metrics shows it: fsyncs, bytes appended, outbox records.
+fn journal(m: &Metrics) -> (f64, f64, f64) {
+    (
+        m.value("district_gateway_journal_fsyncs_total", &[]),
+        m.value("district_gateway_journal_bytes_written_total", &[]),
+        m.value("district_gateway_records_journaled_total", &[]),
+    )
+}
+
+/// Issue 17: unauthenticated traffic costs nothing on flash. 300 messages on `cmd/req` that the
+/// verifier refuses (garbage, unsigned, signed by another key, an unknown key id) are counted by code;
+/// at most the rate limit's worth is answered on `cmd/res`, the rest counted as unanswered; the
+/// journal gets no entry and no fsync from them, the daemon writes < 64 KiB in all, and the log has
+/// at most the log limit's worth of `command refused` lines. A valid command afterwards is accepted,
+/// executed, answered and journaled as before.
+#[test]
+fn a_flood_of_refused_commands_is_counted_answered_within_the_limit_and_never_journaled() {
+    use district_core::commands::limits::{ANSWERS_PER_SECOND, ANSWER_BURST, LOG_BURST};
+    const FLOOD: usize = 300;
+    let r = rig("ops-flood", &devices("dev", 1), false);
+    let logs = log_reader(&r.gw);
+    let ops = Ops::new(r.broker.port, "ops-flood", &r.sub);
+    ops.wait_ready(&logs);
+    let pid = r.gw.pid().expect("daemon running");
+
+    // The journal at rest (the readiness pings' answers, then their acknowledgements, are written).
+    let mut last = journal(&r.gw.metrics());
+    let quiet = wait_until(Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(700));
+        let now = journal(&r.gw.metrics());
+        std::mem::replace(&mut last, now) == now
+    });
+    assert!(quiet, "the journal never came to rest: {last:?}\nlog:\n{}", logs());
+    let m0 = r.gw.metrics();
+    let j0 = journal(&m0);
+    let written0 = storage_write_bytes(pid);
+    let answers0 = ops.answers().len();
+    let log_lines = |log: &str| log.lines().filter(|l| l.contains("command refused")).count();
+    assert_eq!(log_lines(&logs()), 0, "no refusal before the flood");
+
+    // The flood: four kinds, interleaved.
+    let now = Utc::now();
+    let (valid_from, valid_to) = (now - TimeDelta::seconds(30), now + TimeDelta::minutes(5));
+    let other_key = SigningKey::from_bytes(&[7u8; 32]);
+    let flood: Vec<Vec<u8>> = (0..FLOOD)
+        .map(|i| match i % 4 {
+            0 => format!("garbage {i} {{ not json").into_bytes(),
+            1 => {
+                let payload = command_json(&format!("flood-unsigned-{i}"), "ping", json!({}), valid_from, valid_to);
+                json!({"key_id": "ops-1", "payload": b64(&payload), "sig": ""}).to_string().into_bytes()
+            }
+            2 => envelope(
+                "ops-1",
+                &other_key,
+                &command_json(
+                    &format!("flood-badsig-{i}"),
+                    "device.remove",
+                    json!({"name": "dev-001"}),
+                    valid_from,
+                    valid_to,
+                ),
+            ),
+            _ => envelope(
+                "ops-9",
+                &signing_key(),
+                &command_json(&format!("flood-unknownkey-{i}"), "ping", json!({}), valid_from, valid_to),
+            ),
+        })
+        .collect();
+    let start = Instant::now();
+    publish_many(r.broker.port, "city/ops-flood/cmd/req", &flood);
+
+    // Every message is received and refused (or dropped by a full executor queue), and every refusal
+    // is answered or counted as unanswered.
+    let delta = |m: &Metrics, name: &str, labels: &[(&str, &str)]| m.value(name, labels) - m0.value(name, labels);
+    let refused = |m: &Metrics| -> f64 {
+        ["malformed", "bad_signature", "unknown_key"]
+            .iter()
+            .map(|c| delta(m, "district_gateway_commands_total", &[("code", c)]))
+            .sum()
+    };
+    let unanswered = |m: &Metrics| delta(m, "district_gateway_commands_unanswered_total", &[]);
+    let dropped = |m: &Metrics| delta(m, "district_gateway_commands_dropped_total", &[]);
+    let answered = || ops.answers().len() - answers0;
+    let settled = wait_until(ANSWER, || {
+        let m = r.gw.metrics();
+        refused(&m) + dropped(&m) == FLOOD as f64 && answered() as f64 + unanswered(&m) == refused(&m)
+    });
+    let elapsed = start.elapsed();
+    let m = r.gw.metrics();
+    assert!(
+        settled,
+        "after the flood: refused {}, dropped {}, answered {}, unanswered {}\nlog:\n{}",
+        refused(&m),
+        dropped(&m),
+        answered(),
+        unanswered(&m),
+        logs()
+    );
+    std::thread::sleep(Duration::from_secs(1)); // no answer comes late
+    let m = r.gw.metrics();
+    let answers: Vec<Value> = ops.answers().into_iter().skip(answers0).collect();
+    let n = answers.len();
+    assert_eq!(delta(&m, "district_gateway_commands_received_total", &[]), FLOOD as f64);
+    assert_eq!(refused(&m) + dropped(&m), FLOOD as f64);
+    assert_eq!(n as f64 + unanswered(&m), refused(&m), "every refusal is answered or counted as unanswered");
+    for code in ["ok", "expired", "replayed", "wrong_gateway", "unknown_command", "invalid_args", "internal"] {
+        assert_eq!(delta(&m, "district_gateway_commands_total", &[("code", code)]), 0.0, "{code}");
+    }
+    // Answers: the burst at least (nothing was refused before), never more than the bucket allows.
+    let limit = ANSWER_BURST as usize + (ANSWERS_PER_SECOND * elapsed.as_secs_f64()) as usize;
+    assert!((ANSWER_BURST as usize..=limit).contains(&n), "{n} answers in {elapsed:?}, limit {limit}: {answers:?}");
+    for a in &answers {
+        assert_eq!(a["ok"], false, "{a}");
+        assert!(
+            ["malformed", "bad_signature", "unknown_key"].contains(&a["error"]["code"].as_str().unwrap_or("")),
+            "{a}"
+        );
+        assert!(a["id"].is_null() || a["id"].as_str().is_some_and(|id| id.starts_with("flood-")), "{a}");
+    }
+    let written = storage_write_bytes(pid) - written0;
+    eprintln!(
+        "flood of {FLOOD}: {n} answered, {} unanswered, {} dropped (queue full) in {elapsed:?}; the daemon wrote \
+         {written} bytes",
+        unanswered(&m),
+        dropped(&m)
+    );
+    // Nothing of it reached the journal; the daemon wrote less than 64 KiB in all (it was 1.38 MB).
+    assert_eq!(journal(&m), j0, "(fsyncs, bytes, records) of the journal changed during the flood");
+    assert!(written < 64 << 10, "the daemon wrote {written} bytes to storage for {FLOOD} refused commands");
+    // The log: the first refusals one by one, no more (the rest go into a summary a minute later).
+    let log = logs();
+    let lines = log_lines(&log);
+    assert!((1..=LOG_BURST as usize + 1).contains(&lines), "{lines} `command refused` lines for {FLOOD} refusals");
+    let queue_full = log.lines().filter(|l| l.contains("command queue full")).count();
+    assert!(queue_full <= 1, "{queue_full} `command queue full` lines: one a minute at most");
+
+    // A valid command afterwards: accepted, executed, answered and journaled (its id and its answer
+    // fsynced).
+    assert_eq!(assert_ok(&ops.call("ping", json!({}), &logs), "ping after the flood")["pong"], true);
+    let (fsyncs, bytes, records) = journal(&r.gw.metrics());
+    assert_eq!(records, j0.2 + 1.0, "the ping's answer is journaled");
+    assert!(
+        fsyncs >= j0.0 + 2.0 && bytes > j0.1,
+        "the ping's id and answer are fsynced: {:?} -> {:?}",
+        j0,
+        (fsyncs, bytes)
+    );
+    assert_eq!(delta(&r.gw.metrics(), "district_gateway_commands_total", &[("code", "ok")]), 1.0);
 }

@@ -147,6 +147,11 @@ impl Gw {
         None
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn config_on_disk(&self) -> String {
         std::fs::read_to_string(&self.config_path).unwrap()
     }

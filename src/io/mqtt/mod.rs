@@ -34,6 +34,13 @@
 //! straight out again. So devices without backlog are never delayed by it, and a device with backlog
 //! has its live readings wait for its own older ones only. Both cursors walk the outbox in seq order,
 //! so the drain cursor never runs ahead of the live one. Memory: two maps keyed by topic.
+//!
+//! One exception to "never from memory": the answers to commands the verifier refused (malformed,
+//! bad signature, ...: [`RefusalAnswer`]) come from the executor over a small channel and are
+//! published at once with QoS 1 on `cmd/res`, never journaled. Anyone who can publish on `cmd/req` can
+//! cause them, so they must cost nothing on flash; one that finds no connection (or a full request
+//! queue) is dropped and counted as unanswered. They queue through the same client from this task, as
+//! `None` entries of the FIFO (like the `state` message).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -51,6 +58,7 @@ mod drain;
 
 use drain::Drain;
 
+use crate::bus::{CommandLink, RefusalAnswer};
 use crate::counters::Counters;
 use crate::reading::mark_replayed;
 use crate::store::{Record, Store};
@@ -196,6 +204,19 @@ impl Link {
         true
     }
 
+    /// Publishes the answer to a refused command (not journaled: dropped when it cannot be sent now).
+    fn answer_refusal(&mut self, client: &AsyncClient, s: &UplinkSettings, a: RefusalAnswer) -> bool {
+        if !self.connected {
+            return false;
+        }
+        let topic = format!("{}{}", s.topic_base, crate::topic::Topic::CommandResult);
+        if client.try_publish(topic, QoS::AtLeastOnce, false, a.payload).is_err() {
+            return false;
+        }
+        self.queued.push_back(None);
+        true
+    }
+
     /// A PUBACK (or the end of a connection) for what `sent` carried.
     fn settle(&mut self, sent: Sent) -> Option<u64> {
         let (seq, drain) = sent?;
@@ -271,7 +292,7 @@ pub async fn run(
     store: Store,
     journaled: Arc<Notify>,
     counters: Arc<Counters>,
-    commands: tokio::sync::mpsc::Sender<Vec<u8>>,
+    commands: CommandLink,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     run_with(s, UplinkPolicy::default(), store, journaled, counters, commands, shutdown).await
@@ -284,16 +305,22 @@ fn broker_options(s: &UplinkSettings, b: &BrokerAddr) -> anyhow::Result<MqttOpti
 
 /// Runs until `shutdown` turns true. Never returns an error for broker trouble: it retries forever,
 /// trying the brokers of `policy` in turn, with exponential backoff and full jitter (so that a whole
-/// city of gateways does not reconnect in the same instant when a broker comes back).
+/// city of gateways does not reconnect in the same instant when a broker comes back). `commands`:
+/// envelopes from `cmd/req` go to the executor; answers to refused ones come back to be published.
 pub async fn run_with(
     s: UplinkSettings,
     policy: UplinkPolicy,
     store: Store,
     journaled: Arc<Notify>,
     counters: Arc<Counters>,
-    commands: tokio::sync::mpsc::Sender<Vec<u8>>,
+    commands: CommandLink,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let CommandLink { requests: commands, answers: mut refusals } = commands;
+    let mut refusals_open = true;
+    // Messages on `cmd/req` dropped because the executor's queue was full, not logged yet.
+    let mut dropped_unlogged = 0u64;
+    let mut drop_log = district_core::commands::TokenBucket::new(1, 1.0 / 60.0);
     let cmd_topic = format!("{}cmd/req", s.topic_base);
     let brokers = if policy.brokers.is_empty() {
         vec![BrokerAddr { host: s.host.clone(), port: s.port, tls: s.tls }]
@@ -340,6 +367,14 @@ pub async fn run_with(
                     _ = journaled.notified() => link.top_up(&client, &store, &s),
                     _ = pace.tick(), if link.connected && !link.drain.done => link.top_up(&client, &store, &s),
                     _ = poke.tick() => link.top_up(&client, &store, &s),
+                    a = refusals.recv(), if refusals_open => match a {
+                        Some(a) => {
+                            if !link.answer_refusal(&client, &s, a) {
+                                Counters::inc(&counters.commands_unanswered);
+                            }
+                        }
+                        None => refusals_open = false,
+                    },
                     _ = shutdown.changed() => break None,
                 }
             }
@@ -371,7 +406,15 @@ pub async fn run_with(
                     Counters::inc(&counters.commands_received);
                     if commands.try_send(p.payload.to_vec()).is_err() {
                         Counters::inc(&counters.commands_dropped);
-                        tracing::warn!("command queue full: command dropped (the city may resend it)");
+                        // Under a flood the queue stays full: one line a minute at most.
+                        dropped_unlogged += 1;
+                        if drop_log.try_take(crate::clock::now()) {
+                            tracing::warn!(
+                                "command queue full: {dropped_unlogged} commands dropped since the last such line \
+                                 (the city may resend them)"
+                            );
+                            dropped_unlogged = 0;
+                        }
                     }
                 }
             }

@@ -43,6 +43,9 @@
 //! For correlation, a refusal carries the command's `id` whenever it can be read from the payload, even before the
 //! signature was checked (the response then only says that the command was refused). Messages never contain key
 //! material or argument values.
+//!
+//! Refusals can come from anyone who can publish on `cmd/req`: [`limits`] decides which of them are answered and
+//! which logged one by one (token buckets in the caller's time); every one is counted ([`CommandCounts`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -55,6 +58,10 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+
+pub mod limits;
+
+pub use limits::{RefusalDecision, RefusalLimiter, RefusalLimits, TokenBucket, UnloggedRefusals};
 
 /// The largest envelope accepted (bytes of the MQTT payload); `config.apply` carries a whole TOML file.
 pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
