@@ -9,13 +9,16 @@
 #
 # Prints one markdown table row per mode and rate. Each mode gets a fresh daemon and data dir; the
 # first 3 s after start (opening the store) and a warm-up (one uplink per device: its first
-# DevStatusReq; then a restart, which saves every device's loops state) are not counted. After each rate the daemon gets SETTLE
+# DevStatusReq) are not counted. The control loops' state is saved every 5 minutes (the parts of
+# the devices heard since): use SECS=300 for rows that each include one such save. After each rate the daemon gets SETTLE
 # seconds (default: the sync window + 2 s) to fsync and log the broker's acknowledgements, which are
 # counted (divided over SECS + SETTLE for B/s).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-BIN="$ROOT/target/release/district-gateway"
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+  BIN="$ROOT/target/release/district-gateway"
+fi
 command -v mosquitto >/dev/null || { echo "wear.sh needs mosquitto (apt-get install -y mosquitto)" >&2; exit 1; }
 D=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -53,11 +56,7 @@ T
   # which is fsynced at once in every mode: it uses a frame counter) as in a district running for a
   # while (default: once a day per device).
   $BIN simulate --gwmp 127.0.0.1:$GP --devices "$D/devices.toml" --rate 250 --seconds 4 --fcnt-start 1 >/dev/null
-  # ... and the control loops' state of every device saved once (it is saved every 5 minutes, in
-  # parts: only the devices heard since).
-  kill -TERM $DP; wait $DP 2>/dev/null || true
-  $BIN run --config "$D/gw.toml" >/dev/null 2>&1 & DP=$!
-  sleep 3
+  sleep ${SETTLE:-7}
   fc=3
   settle=${SETTLE:-7}
   for rate in ${RATES:-0 1 10 100 1000}; do

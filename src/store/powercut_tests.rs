@@ -7,7 +7,11 @@
 //! - every record a reader could see is still there (readers see only durable records), and no
 //!   `seq` is handed out twice: new seqs are above every seq a reader could have seen;
 //! - no frame counter (FCntUp, FCntDown, JoinNonce) moves back from its last flushed value; flushed
-//!   DevNonces and sessions are there.
+//!   DevNonces and sessions are there; the control loops' state comes back whole (all the parts of
+//!   one save, never a mix of two);
+//! - each durability mode keeps its promise (`district_core::durability`, driven in simulated time
+//!   as the pipeline drives it): in commit mode nothing acknowledged is lost; in interval mode
+//!   nothing accepted more than the window before the cut is lost.
 //!
 //! `DG_POWERCUT_CUTS` sets the number of cuts (default 5,000: ~30 s on two cores), `DG_POWERCUT_SEED` the base seed;
 //! a failure prints the seed of its run, and `DG_POWERCUT_RUN_SEED=<seed>` repeats that run alone.
@@ -18,8 +22,9 @@ use std::sync::Arc;
 
 use super::log_format::read_entry;
 use super::sim_fs::SimFs;
-use super::state::{FCNT_DOWN_PREFIX, FCNT_PREFIX, JOIN_NONCE, LOOPS_KEY, NONCE_PREFIX, SESSION_PREFIX};
+use super::state::{FCNT_DOWN_PREFIX, FCNT_PREFIX, JOIN_NONCE, NONCE_PREFIX, SESSION_PREFIX};
 use super::*;
+use crate::durability::{Durability, SyncPolicy};
 use crate::keys::Eui64;
 
 /// SplitMix64: small, seedable, good enough to pick cut points.
@@ -49,8 +54,11 @@ impl Rng {
 #[derive(Default)]
 struct Model {
     payloads: HashMap<u64, (Topic, Vec<u8>)>,
-    /// Committed, not yet flushed: may or may not survive a cut.
+    /// Committed, not yet flushed: may or may not survive a cut (in interval mode: only if accepted
+    /// within the window before it).
     committed: BTreeSet<u64>,
+    /// When each seq was committed (accepted, in interval mode), in simulated ms.
+    accepted_at: HashMap<u64, u64>,
     /// Committed and then flushed: must survive (unless acked or dropped).
     durable: BTreeSet<u64>,
     acked: BTreeSet<u64>,
@@ -107,7 +115,7 @@ impl Model {
             }
         } else if k == JOIN_NONCE {
             self.join_nonce = u32v();
-        } else if k == LOOPS_KEY {
+        } else if k == b"l/root" {
             self.loops = loops_value(Some(v.to_vec()));
         }
     }
@@ -124,6 +132,21 @@ impl Model {
 /// The model's loops state: a number as text (0: none).
 fn loops_value(v: Option<Vec<u8>>) -> u32 {
     v.and_then(|v| String::from_utf8(v).ok()?.parse().ok()).unwrap_or(0)
+}
+
+/// The loops state `n` in parts: `root` holds the number, and one or two device parts that come and
+/// go with it (so a save also removes parts).
+fn loops_parts(n: u32) -> BTreeMap<String, Vec<u8>> {
+    let mut parts = BTreeMap::new();
+    if n == 0 {
+        return parts;
+    }
+    parts.insert("root".to_string(), n.to_string().into_bytes());
+    parts.insert(format!("d/{}", n % 3), n.to_string().into_bytes());
+    if n % 2 == 0 {
+        parts.insert("d/even".to_string(), n.to_string().into_bytes());
+    }
+    parts
 }
 
 /// Every unacknowledged record in the log, durable or not (a test's view, past the watermark).
@@ -206,6 +229,9 @@ struct Run {
     m: Model,
     cuts: u64,
     log: Vec<String>,
+    /// The durability policy under test, and the simulated clock it runs on (ms).
+    policy: SyncPolicy,
+    now_ms: u64,
 }
 
 type Check = Result<(), String>;
@@ -228,7 +254,13 @@ impl Run {
         if std::env::var("DG_POWERCUT_NO_DIR_SYNC").is_ok_and(|v| v == "1") {
             fs.set_ignore_dir_sync(true);
         }
-        Run { seed, rng, fs, dir, opts, m: Model::default(), cuts: 0, log: Vec::new() }
+        let durability = if rng.percent(50) {
+            Durability::Commit
+        } else {
+            Durability::Interval { window_ms: 50 + rng.below(5000) }
+        };
+        let policy = SyncPolicy::new(durability);
+        Run { seed, rng, fs, dir, opts, m: Model::default(), cuts: 0, log: Vec::new(), policy, now_ms: 0 }
     }
 
     fn path(&self) -> std::path::PathBuf {
@@ -263,6 +295,19 @@ impl Run {
     /// One step of the workload. Err: a broken promise; Ok(false): an operation failed (the power
     /// went).
     fn step(&mut self, s: &Store) -> Result<bool, String> {
+        // Time passes; the pipeline fsyncs when the policy's deadline comes.
+        let dt = self.rng.below(400);
+        if let Some(d) = self.policy.deadline_ms().filter(|d| *d <= self.now_ms + dt) {
+            self.now_ms = self.now_ms.max(d);
+            if s.flush_blocking().is_err() {
+                return Ok(false);
+            }
+            self.policy.on_synced();
+            self.log.push(format!("window flush at {} ms", self.now_ms));
+            self.m.flushed();
+            return Ok(!self.fs.crashed());
+        }
+        self.now_ms += dt;
         let r = self.rng.below(100);
         let m = &mut self.m;
         if r < 45 {
@@ -318,12 +363,12 @@ impl Run {
                 b.set_join_nonce(m.gen_join);
             }
             if self.rng.percent(10) {
-                // The control loops' state: sometimes changed, sometimes the same again (which
-                // writes nothing).
+                // The control loops' state, in parts: sometimes changed, sometimes the same again
+                // (which writes nothing); parts come and go.
                 if self.rng.percent(50) {
                     m.gen_loops += 1;
                 }
-                b.set_loops_state(m.gen_loops.to_string().into_bytes());
+                s.stage_loops_parts(&mut b, loops_parts(m.gen_loops));
             }
             kv.extend(b.kv.iter().cloned());
             let rep = match commit_tracked(s, m, b, &seqs)? {
@@ -332,18 +377,25 @@ impl Run {
             };
             m.committed.extend(seqs.iter().copied());
             m.pending.push(kv);
-            self.log.push(format!("commit {seqs:?} dropped {rep:?}"));
-            if self.rng.percent(80) {
+            self.log.push(format!("commit {seqs:?} at {} ms dropped {rep:?}", self.now_ms));
+            // As the pipeline does: the policy says whether to fsync before acknowledging (always
+            // in commit mode; in interval mode when a downlink depends on it).
+            if self.policy.on_commit(self.now_ms, self.rng.percent(10)) {
                 if s.flush_blocking().is_err() {
-                    return Ok(false);
+                    return Ok(false); // not acknowledged
                 }
+                self.policy.on_synced();
                 self.log.push("flush".into());
                 m.flushed();
             }
+            // Acknowledged now: accepted.
+            m.accepted_at.extend(seqs.iter().map(|q| (*q, self.now_ms)));
         } else if r < 55 {
+            // An fsync out of turn (a command id, the power-fail input, a clean stop).
             if s.flush_blocking().is_err() {
                 return Ok(false);
             }
+            self.policy.on_synced();
             self.log.push("flush".into());
             m.flushed();
         } else if r < 72 {
@@ -441,6 +493,21 @@ impl Run {
             let how = if m.seen.contains(&q) { "seen by a reader" } else { "flushed" };
             return Err(format!("seq {q} ({how}, neither acked nor dropped) is lost after the cut"));
         }
+        // The mode's window: what was accepted longer ago than that is there (or acked or dropped).
+        let window = self.policy.window_ms();
+        let cut_at = self.now_ms;
+        if let Some(q) = m.committed.iter().find(|q| {
+            !present.contains_key(q)
+                && !m.acked.contains(q)
+                && !m.dropped.contains(q)
+                && m.accepted_at.get(q).is_some_and(|t| t + window < cut_at)
+        }) {
+            return Err(format!(
+                "seq {q}, accepted at {} ms, is lost by a cut at {cut_at} ms: older than the {:?} window",
+                m.accepted_at.get(q).copied().unwrap_or(0),
+                self.policy.durability()
+            ));
+        }
         for (seq, r) in &present {
             match m.payloads.get(seq) {
                 Some((t, p)) if *t == r.topic && *p == r.payload => {}
@@ -496,7 +563,11 @@ impl Run {
                 return Err(format!("the session of {d} went back after the cut"));
             }
         }
-        let loops = loops_value(s.loops_state());
+        let parts = s.loops_parts();
+        let loops = loops_value(parts.get("root").cloned());
+        if parts != loops_parts(loops) {
+            return Err(format!("the loops state came back in pieces of different saves: {parts:?}"));
+        }
         if loops < m.loops || loops > m.gen_loops {
             return Err(format!(
                 "the loops state is {loops} after the cut; flushed {}, committed up to {}",
@@ -506,7 +577,10 @@ impl Run {
         // What survived is durable now (the store syncs what it finds at open).
         m.durable.extend(present.keys().copied());
         m.committed.clear();
+        m.accepted_at.clear();
         m.pending.clear();
+        // After a restart nothing waits for an fsync (the open synced what it found).
+        self.policy.on_synced();
         m.inflight.clear();
         for d in DEVICES {
             m.fcnt_up.insert(d.into(), fmax(&up, d));
