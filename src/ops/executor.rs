@@ -184,6 +184,21 @@ async fn status(ctx: &ExecutorContext) -> Value {
         "mqtt_connected": ctx.counters.mqtt_connected.load(Ordering::Relaxed) == 1,
         "last_uplink": DateTime::from_timestamp_millis(last_uplink_ms as i64).filter(|_| last_uplink_ms > 0).map(rfc3339),
         "control": control.unwrap_or(Value::Null),
+        "power": power_status(ctx),
+    })
+}
+
+/// The power-fail input and what it says (`null` when none is configured).
+fn power_status(ctx: &ExecutorContext) -> Value {
+    let Some(pf) = &ctx.config.power_fail else {
+        return Value::Null;
+    };
+    let since = ctx.counters.power_lost_since();
+    json!({
+        "pin": pf.pin,
+        "mains": if since.is_some() { "lost" } else { "on" },
+        "lost_since": since.map(rfc3339),
+        "readings_refused": ctx.counters.readings_refused_power_fail.load(Ordering::Relaxed),
     })
 }
 
