@@ -92,6 +92,11 @@ pub enum Control {
     LoopStatus {
         reply: oneshot::Sender<serde_json::Value>,
     },
+    /// The power-fail input settled on a new level: `lost` = mains power is gone (the pipeline
+    /// fsyncs at once and refuses new readings until it is back) or back (`false`).
+    PowerFail {
+        lost: bool,
+    },
     /// A control-loop command (`lighting.*`, `dr.*`).
     Command {
         cmd: CommandName,

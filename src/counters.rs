@@ -58,9 +58,21 @@ counters! {
     last_uplink_unix_ms: "time of the last accepted uplink (ms since 1970; a gauge)",
     mqtt_connected: "1 while connected to the broker",
     mqtt_reconnects: "broker connections lost",
+    readings_refused_power_fail: "frames and meter samples refused (not acknowledged) while mains power was lost",
+    power_fail: "1 while the power-fail input says mains power is lost (a gauge)",
+    power_fail_since_unix_ms: "when mains power was lost (ms since 1970; 0 while it is present; a gauge)",
 }
 
 impl Counters {
+    /// When mains power was lost, while the power-fail input says it is (`power_fail` = 1).
+    pub fn power_lost_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        if self.power_fail.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let ms = self.power_fail_since_unix_ms.load(Ordering::Relaxed);
+        Some(chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default())
+    }
+
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -4,7 +4,8 @@
 //! - [`schema`]: the serde types (`deny_unknown_fields`, defaults as in `config/gateway.toml`).
 //! - [`values`]: broker URLs, public keys, hex/socket-address adapters.
 //! - `spans`, `collect`: key paths, positions in the spanned document, serde with error collection.
-//! - `validate`: the pipeline and the checks of values and cross-references.
+//! - `validate`: the pipeline and the checks of values and cross-references (`power_fail`: the
+//!   `[power_fail]` input's, including pins used twice).
 //! - [`problem`]: [`ConfigProblem`] and [`ConfigErrors`].
 //!
 //! Invariant: no key material ever appears in an error message, a `Debug` output or
@@ -14,6 +15,7 @@
 
 mod collect;
 mod keypath;
+mod power_fail;
 pub mod problem;
 pub mod radio;
 pub mod schema;

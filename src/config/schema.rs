@@ -43,6 +43,9 @@ pub struct Config {
     pub lighting: LightingConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demand_response: Option<DemandResponseConfig>,
+    /// `[power_fail]`: a GPIO line that says mains power is lost. Absent: no such input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_fail: Option<PowerFailConfig>,
     /// The directory relative paths in the config are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -375,6 +378,39 @@ impl Default for OpsConfig {
 pub struct OpsKey {
     pub id: String,
     pub ed25519_public: Ed25519PublicKey,
+}
+
+/// A GPIO input's pull resistor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputPull {
+    #[default]
+    None,
+    Up,
+    Down,
+}
+
+/// `[power_fail]`: the "power fail" (or "power good") output of a UPS HAT or supercap board on a
+/// GPIO pin. While it says mains power is lost, the daemon has fsynced its journal and refuses new
+/// readings (they are not acknowledged); the control loops keep running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerFailConfig {
+    /// BCM GPIO number (0..=53).
+    pub pin: u8,
+    /// Mains power is lost while the line is low (a "power good" output, or an open-collector
+    /// "power fail" output with a pull-up). Default: false, mains power is lost while it is high.
+    #[serde(default)]
+    pub active_low: bool,
+    #[serde(default)]
+    pub pull: InputPull,
+    /// A level must hold this long to count (0..=5000 ms). Default: 20.
+    #[serde(default = "default_power_fail_debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+fn default_power_fail_debounce_ms() -> u64 {
+    20
 }
 
 /// A `[[source]]`, selected by its `type` key.

@@ -347,3 +347,67 @@ fn odd_shapes_are_problems_not_panics() {
         assert!(parse_str(text, "t.toml", Path::new("")).is_err());
     }
 }
+
+#[test]
+fn power_fail_input() {
+    let head = "[gateway]\nid = \"g\"\n[mqtt]\nurl = \"mqtt://h\"\n";
+    let parse = |body: &str| parse_str(&format!("{head}{body}"), "t.toml", Path::new(""));
+    assert_eq!(parse("").unwrap().power_fail, None, "absent: no power-fail input");
+    let defaults = parse("[power_fail]\npin = 6\n").unwrap();
+    assert_eq!(
+        defaults.power_fail,
+        Some(PowerFailConfig { pin: 6, active_low: false, pull: InputPull::None, debounce_ms: 20 })
+    );
+    let all = parse("[power_fail]\npin = 26\nactive_low = true\npull = \"up\"\ndebounce_ms = 0\n").unwrap();
+    assert_eq!(
+        all.power_fail,
+        Some(PowerFailConfig { pin: 26, active_low: true, pull: InputPull::Up, debounce_ms: 0 })
+    );
+    // The effective config shows it and reads back the same.
+    let shown: Config = toml::from_str(&all.redacted_toml()).unwrap();
+    assert_eq!(shown.power_fail, all.power_fail);
+
+    // Problems, at their positions (line 5 is `[power_fail]`).
+    let ps = parse("[power_fail]\npin = 54\ndebounce_ms = 6000\n").unwrap_err().0;
+    let pin = find(&ps, "power_fail.pin");
+    assert_eq!((pin.line, pin.col, pin.message.as_str()), (6, 7, "expected a BCM pin 0..=53, got 54"));
+    let deb = find(&ps, "power_fail.debounce_ms");
+    assert_eq!((deb.line, deb.col), (7, 15));
+    assert!(deb.message.contains("0..=5000 ms"), "{}", deb.message);
+    assert_eq!(ps.len(), 2, "{}", ConfigErrors(ps.clone()));
+    for (body, key, says) in [
+        ("[power_fail]\nactive_low = true\n", "power_fail.pin", "missing"),
+        ("[power_fail]\npin = -1\n", "power_fail.pin", ""),
+        ("[power_fail]\npin = \"GPIO6\"\n", "power_fail.pin", ""),
+        ("[power_fail]\npin = 6\npull = \"sideways\"\n", "power_fail.pull", "up"),
+        ("[power_fail]\npin = 6\nactive = \"low\"\n", "power_fail.active", "unknown"),
+        ("[power_fail]\npin = 6\nactive_low = \"yes\"\n", "power_fail.active_low", ""),
+    ] {
+        let ps = parse(body).expect_err(body).0;
+        let p = find(&ps, key);
+        assert!(p.line >= 5 && p.message.contains(says), "{body}: {}", ConfigErrors(ps.clone()));
+    }
+
+    // A pin the config already uses for something else.
+    let relays = "[[source]]\ntype = \"sml\"\nport = \"/dev/ttyUSB0\"\ndevice = \"feeder\"\n\
+                  [demand_response]\nmeter = \"feeder\"\nlimit_kw = 100.0\n\
+                  [[demand_response.load]]\nname = \"hp-1\"\nkind = \"sg-ready\"\nrated_kw = 6.0\npriority = 1\n\
+                  output = { type = \"gpio\", pins = [17, 27] }\n";
+    assert!(parse(&format!("{relays}[power_fail]\npin = 6\n")).is_ok());
+    let ps = parse(&format!("{relays}[power_fail]\npin = 27\n")).unwrap_err().0;
+    let clash = find(&ps, "power_fail.pin");
+    assert!(
+        clash.message.contains("pin 27 is already used by demand_response.load[0].output.pins[1]"),
+        "{}",
+        clash.message
+    );
+    assert!(clash.message.contains("hp-1"), "{}", clash.message);
+    assert_eq!(ps.len(), 1, "{}", ConfigErrors(ps.clone()));
+    let radio = "[[source]]\ntype = \"gwmp\"\n[[source]]\ntype = \"sx127x\"\n"; // reset_pin 17, dio0_pin 4
+    for (pin, user) in [(4, "source[1].dio0_pin"), (17, "source[1].reset_pin")] {
+        let ps = parse(&format!("{radio}[power_fail]\npin = {pin}\n")).unwrap_err().0;
+        let clash = find(&ps, "power_fail.pin");
+        assert_eq!(clash.message, format!("pin {pin} is already used by {user}"));
+    }
+    assert!(parse(&format!("{radio}[power_fail]\npin = 6\n")).is_ok());
+}

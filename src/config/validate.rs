@@ -26,6 +26,7 @@ const ROOT_KEYS: &[&str] = &[
     "lighting",
     "demand_response",
     "lorawan",
+    "power_fail",
 ];
 const ABP_KEYS: [&str; 3] = ["dev_addr", "nwk_s_key", "app_s_key"];
 const OTAA_KEYS: [&str; 3] = ["dev_eui", "join_eui", "app_key"];
@@ -60,6 +61,7 @@ struct Parts {
     loads: Vec<(usize, LoadConfig)>,
     devices_file: Option<PathBuf>,
     lorawan: Option<LorawanConfig>,
+    power_fail: Option<PowerFailConfig>,
 }
 
 pub(crate) fn parse_and_validate(text: &str, label: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
@@ -120,6 +122,7 @@ pub(crate) fn parse_and_validate(text: &str, label: &str, base_dir: &Path) -> Re
         lorawan: parts.lorawan.unwrap_or_default(),
         lighting: LightingConfig { zone: parts.zones.into_iter().map(|z| z.zone).collect() },
         demand_response,
+        power_fail: parts.power_fail,
         base_dir: base_dir.to_path_buf(),
     })
 }
@@ -138,6 +141,7 @@ fn read_root(doc: &Doc<'_>, parts: &mut Parts, sink: &mut Sink) {
             "aggregate" => parts.aggregate = de_collect(doc, v, &path, sink),
             "buffer" => parts.buffer = de_collect(doc, v, &path, sink),
             "lorawan" => parts.lorawan = de_collect(doc, v, &path, sink),
+            "power_fail" => parts.power_fail = de_collect(doc, v, &path, sink),
             "ops" => {
                 let (rest, keys) = split_off(v, "key");
                 parts.ops = de_collect(doc, &rest, &path, sink);
@@ -413,6 +417,9 @@ fn check(docs: &[&Doc<'_>], base_dir: &Path, parts: &mut Parts, sink: &mut Sink)
     check_lighting(main, &parts.zones, &devices, sink);
     if let Some(dr) = &parts.demand_response {
         check_demand_response(main, dr, &parts.loads, &meters, sink);
+    }
+    if let Some(pf) = &parts.power_fail {
+        super::power_fail::check(main, pf, &parts.sources, &parts.loads, sink);
     }
 }
 

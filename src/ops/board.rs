@@ -32,6 +32,17 @@ pub struct SourceView {
     pub last_error: Option<String>,
 }
 
+/// The power-fail input, when one is configured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PowerView {
+    /// Its BCM pin.
+    pub pin: u8,
+    /// When mains power was lost, while it is.
+    pub lost_since: Option<DateTime<Utc>>,
+    /// Frames and samples refused while it was lost, since the start.
+    pub refused: u64,
+}
+
 /// Everything the status page renders.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusView {
@@ -48,6 +59,8 @@ pub struct StatusView {
     pub readings_dropped: u64,
     pub healthy: bool,
     pub health_reason: String,
+    /// `None`: no power-fail input is configured.
+    pub power: Option<PowerView>,
     pub sources: Vec<SourceView>,
     pub devices: Vec<DeviceView>,
     /// `Loops::status`: `{"lighting": {...zones...}, "demand_response": {...}}`.

@@ -234,6 +234,21 @@ async fn status(ctx: &ExecutorContext) -> Value {
         "mqtt_connected": ctx.counters.mqtt_connected.load(Ordering::Relaxed) == 1,
         "last_uplink": DateTime::from_timestamp_millis(last_uplink_ms as i64).filter(|_| last_uplink_ms > 0).map(rfc3339),
         "control": control.unwrap_or(Value::Null),
+        "power": power_status(ctx),
+    })
+}
+
+/// The power-fail input and what it says (`null` when none is configured).
+fn power_status(ctx: &ExecutorContext) -> Value {
+    let Some(pf) = &ctx.config.power_fail else {
+        return Value::Null;
+    };
+    let since = ctx.counters.power_lost_since();
+    json!({
+        "pin": pf.pin,
+        "mains": if since.is_some() { "lost" } else { "on" },
+        "lost_since": since.map(rfc3339),
+        "readings_refused": ctx.counters.readings_refused_power_fail.load(Ordering::Relaxed),
     })
 }
 
@@ -290,4 +305,45 @@ async fn device_change(
     let (reply, done) = oneshot::channel();
     ctx.control.send(control(reply)).await.map_err(|_| stopping())?;
     done.await.map_err(|_| stopping())?.map_err(|e| cmd.refuse(RefusalCode::NotPersisted, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(dir: &std::path::Path, extra: &str) -> ExecutorContext {
+        let text = format!("[gateway]\nid = \"g\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n{extra}");
+        let config = crate::config::parse_str(&text, "t.toml", dir).expect("config");
+        let store = Store::open(&dir.join("store"), 1 << 20, crate::clock::now()).expect("store");
+        // No pipeline: `status` gets no loop status (the send fails at once).
+        let (control, _) = mpsc::channel(1);
+        ExecutorContext {
+            config,
+            store,
+            control,
+            counters: Arc::default(),
+            commands: Arc::default(),
+            sources: Vec::new(),
+            started: Instant::now(),
+            started_at: crate::clock::now(),
+            apply: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn status_says_what_the_power_fail_input_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let none = context(&dir.path().join("a"), "");
+        assert_eq!(status(&none).await["power"], Value::Null, "no input configured");
+
+        let ctx = context(&dir.path().join("b"), "[power_fail]\npin = 6\nactive_low = true\n");
+        ctx.counters.readings_refused_power_fail.store(3, Ordering::Relaxed);
+        let st = status(&ctx).await;
+        assert_eq!(st["power"], json!({"pin": 6, "mains": "on", "lost_since": null, "readings_refused": 3}), "{st}");
+        ctx.counters.power_fail.store(1, Ordering::Relaxed);
+        ctx.counters.power_fail_since_unix_ms.store(1_795_000_000_123, Ordering::Relaxed);
+        let st = status(&ctx).await;
+        assert_eq!(st["power"]["mains"], "lost", "{st}");
+        assert_eq!(st["power"]["lost_since"], "2026-11-18T11:06:40.123Z", "{st}");
+    }
 }

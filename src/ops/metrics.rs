@@ -19,6 +19,9 @@
 //! - `district_gateway_backlog_records`, `district_gateway_backlog_bytes`,
 //!   `district_gateway_backlog_oldest_age_seconds` (0 when empty);
 //! - `district_gateway_mqtt_connected`, `district_gateway_mqtt_reconnects_total`;
+//! - `district_gateway_power_fail` (1 while the power-fail input says mains power is lost),
+//!   `district_gateway_power_fail_since_unix_ms` (0 while it is present),
+//!   `district_gateway_readings_refused_power_fail_total`;
 //! - `district_gateway_commands_total{code}` (`ok` or a refusal code),
 //!   `district_gateway_commands_unanswered_total` (refused commands left without an answer: the answer
 //!   rate limit, or no broker connection), `district_gateway_commands_received_total`,
@@ -377,6 +380,24 @@ fn map_counter(name: &str) -> Option<CounterMapping> {
         "mqtt_reconnects" => {
             ("district_gateway_mqtt_reconnects_total", Counter, "broker connections lost (then re-established)", None)
         }
+        "power_fail" => (
+            "district_gateway_power_fail",
+            Gauge,
+            "1 while the power-fail input says mains power is lost (then no new readings are accepted)",
+            None,
+        ),
+        "power_fail_since_unix_ms" => (
+            "district_gateway_power_fail_since_unix_ms",
+            Gauge,
+            "when mains power was lost, ms since 1970; 0 while it is present",
+            None,
+        ),
+        "readings_refused_power_fail" => (
+            "district_gateway_readings_refused_power_fail_total",
+            Counter,
+            "frames and meter samples refused (not acknowledged) while mains power was lost",
+            None,
+        ),
         _ => return None,
     })
 }
@@ -791,6 +812,8 @@ pub(crate) mod tests {
         set(&counters.mqtt_reconnects, 6);
         set(&counters.push_data, 20);
         set(&counters.commands_unanswered, 290);
+        set(&counters.power_fail, 1);
+        set(&counters.readings_refused_power_fail, 7);
         let text = render(&sample_snapshot(&counters));
         let (samples, types) = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
 
@@ -812,6 +835,10 @@ pub(crate) mod tests {
         assert_eq!(value(&samples, "district_gateway_mqtt_connected", &[]), Some(1.0));
         assert_eq!(types["district_gateway_mqtt_connected"], "gauge");
         assert_eq!(value(&samples, "district_gateway_mqtt_reconnects_total", &[]), Some(6.0));
+        assert_eq!(value(&samples, "district_gateway_power_fail", &[]), Some(1.0));
+        assert_eq!(types["district_gateway_power_fail"], "gauge");
+        assert_eq!(types["district_gateway_power_fail_since_unix_ms"], "gauge");
+        assert_eq!(value(&samples, "district_gateway_readings_refused_power_fail_total", &[]), Some(7.0));
         assert_eq!(value(&samples, "district_gateway_gwmp_packets_total", &[("type", "push_data")]), Some(20.0));
         assert_eq!(value(&samples, "district_gateway_backlog_records", &[]), Some(42.0));
         assert_eq!(value(&samples, "district_gateway_backlog_oldest_age_seconds", &[]), Some(3.25));

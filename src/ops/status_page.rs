@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::ops::board::{DeviceView, SourceView, StatusView};
+use crate::ops::board::{DeviceView, PowerView, SourceView, StatusView};
 
 /// Seconds between the page's own reloads.
 pub const REFRESH_S: u32 = 5;
@@ -102,7 +102,7 @@ fn card(h: &mut String, key: &str, value_html: &str, detail_html: &str) {
     );
 }
 
-fn cards(h: &mut String, v: &StatusView, _now: DateTime<Utc>) {
+fn cards(h: &mut String, v: &StatusView, now: DateTime<Utc>) {
     h.push_str("<section class=\"cards\" id=\"summary\">\n");
     let (cls, word) = if v.healthy { ("ok", "healthy") } else { ("bad", "unhealthy") };
     card(h, "Health", &format!("<span class=\"{cls}\">{word}</span>"), &esc(&cut(&v.health_reason)));
@@ -136,7 +136,33 @@ fn cards(h: &mut String, v: &StatusView, _now: DateTime<Utc>) {
             v.readings_dropped
         ),
     );
+    if let Some(p) = &v.power {
+        power_card(h, p, now);
+    }
     h.push_str("</section>\n");
+}
+
+/// Mains power, as the power-fail input says.
+fn power_card(h: &mut String, p: &PowerView, now: DateTime<Utc>) {
+    let refused = format!("{} reading{} refused", p.refused, plural(p.refused));
+    match p.lost_since {
+        Some(since) => card(
+            h,
+            "Mains power",
+            "<span class=\"bad\" id=\"power\">lost</span>",
+            &format!(
+                "<span title=\"since {}\">for {}</span> &middot; journal synced, not accepting readings &middot; {refused}",
+                esc(&rfc3339(since)),
+                esc(&short_duration((now - since).num_milliseconds() as f64 / 1000.0))
+            ),
+        ),
+        None => card(
+            h,
+            "Mains power",
+            "<span class=\"ok\" id=\"power\">on</span>",
+            &format!("power-fail input on GPIO {} &middot; {refused}", p.pin),
+        ),
+    }
 }
 
 fn state_class(state: &str) -> &'static str {
@@ -560,6 +586,7 @@ mod tests {
             readings_dropped: 0,
             healthy: true,
             health_reason: "ok".into(),
+            power: None,
             sources: vec![
                 SourceView {
                     name: "concentrator".into(),
@@ -618,6 +645,26 @@ mod tests {
         let html = render(&v);
         assert!(html.contains("device-problems") && html.contains("lamp-9") && html.contains("bin-3"));
         assert!(html.contains("never heard &lt;since&gt;") && html.contains("quarantined"));
+    }
+
+    #[test]
+    fn mains_power_is_shown_when_a_power_fail_input_is_configured() {
+        let mut v = sample();
+        assert!(!render(&v).contains("Mains power"), "no input, no card");
+        v.power = Some(PowerView { pin: 6, lost_since: None, refused: 0 });
+        let html = render(&v);
+        assert!(html.contains("<span class=\"ok\" id=\"power\">on</span>"), "{html}");
+        assert!(html.contains("power-fail input on GPIO 6 &middot; 0 readings refused"), "{html}");
+        let now = v.now.unwrap();
+        v.power = Some(PowerView { pin: 6, lost_since: Some(now - chrono::Duration::seconds(95)), refused: 1 });
+        let html = render(&v);
+        assert!(html.contains("<span class=\"bad\" id=\"power\">lost</span>"), "{html}");
+        assert!(
+            html.contains(
+                ">for 95 s</span> &middot; journal synced, not accepting readings &middot; 1 reading refused"
+            ),
+            "{html}"
+        );
     }
 
     #[test]

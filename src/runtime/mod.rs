@@ -8,11 +8,13 @@
 //! - `builders.rs`: the network server, the loops and relays, the uplink's settings, from the config;
 //! - `views.rs`: what the HTTP side sees (`/metrics`, the status page);
 //! - `forwarders.rs`: small tasks between local sources and the pipeline;
+//! - `power_fail.rs`: the power-fail input (watcher task) and the pipeline's view of mains power;
 //! - `supervisor.rs`: the daemon under systemd (reloads with rollback, watchdog).
 
 mod builders;
 mod forwarders;
 mod pipeline;
+mod power_fail;
 pub mod supervisor;
 mod views;
 
@@ -46,6 +48,8 @@ pub struct Hardware {
     pub sx127x: std::collections::HashMap<String, crate::io::sx127x::Sx127xModel>,
     /// Relay outputs by BCM pin (fakes that record their levels) instead of rppal.
     pub relays: std::collections::HashMap<u32, crate::io::gpio::FakeOutput>,
+    /// The `[power_fail]` input (a fake the test drives) instead of rppal.
+    pub power_fail: Option<crate::io::gpio::FakeInput>,
 }
 
 /// How the daemon is embedded: hardware replacements, and where `config.apply` requests go.
@@ -184,6 +188,12 @@ impl Daemon {
         }
         drop(tx);
         drop(tx_failed_tx);
+        let power_fail = config.power_fail.as_ref();
+        if let Some(status) =
+            power_fail::start(power_fail, &hardware, control_tx.clone(), shutdown_rx.clone(), &mut tasks)?
+        {
+            sources.push(status);
+        }
         let (loops, relays) = build_loops(config, &hardware)?;
         let board =
             crate::ops::board::Board::new_shared(config.device.iter().map(|d| (d.name.clone(), d.profile.clone())));
@@ -203,6 +213,7 @@ impl Daemon {
             sync_epoch: tokio::time::Instant::now(),
             sync_retry_at: None,
             loops_saved: None,
+            mains: power_fail::MainsPower::default(),
         };
         tasks.spawn(pipeline.run(rx, control_rx, tx_failed_rx));
 

@@ -9,6 +9,11 @@
 //! flush, then acknowledges them all. Being the outbox's one writer, it also runs the store's
 //! housekeeping, journals the executor's answers, and applies remote device changes all or nothing.
 //! It keeps the control loops' saved state and the status page's board.
+//!
+//! Mains power lost (the power-fail input, [`Control::PowerFail`]): it fsyncs the journal at once and,
+//! until power is back, refuses every frame and meter sample (not acknowledged, counted, not given to
+//! the district: nothing is half-accepted) and skips the periodic save of the loops' state. The control
+//! loops keep ticking and switching relays, and commands are still carried out.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +31,7 @@ use crate::ops::commands::RefusalCode;
 use crate::store::{Batch, Record, Store};
 
 use super::builders::{provisioning, Relays};
+use super::power_fail::{duration_text, Change, MainsPower};
 
 /// Requests journaled in one group commit, at most.
 const MAX_GROUP: usize = 512;
@@ -86,6 +92,8 @@ pub(super) struct Pipeline {
     /// The sources' names by index, for stored routes.
     pub(super) sources: Vec<String>,
     pub(super) quarantined: Vec<Quarantined>,
+    /// Whether mains power is lost (the power-fail input), and since when.
+    pub(super) mains: MainsPower,
     /// When the journal is fsynced (`buffer.durability`): per commit, or a window after the first
     /// unsynced commit.
     pub(super) sync: SyncPolicy,
@@ -162,7 +170,8 @@ impl Pipeline {
                     if let Ok(mut b) = self.board.lock() {
                         b.control = control;
                     }
-                    if last_save.elapsed() >= LOOPS_SAVE_EVERY {
+                    // Not while on backup power: no flash writes that can wait.
+                    if last_save.elapsed() >= LOOPS_SAVE_EVERY && !self.mains.is_lost() {
                         self.save_loops_if_changed().await;
                         last_save = tokio::time::Instant::now();
                     }
@@ -271,6 +280,10 @@ impl Pipeline {
     /// the readings and what the loops derived from them journaled in one batch; then every request
     /// is told whether it is on disk.
     async fn ingest(&mut self, mut group: Vec<IngestRequest>) {
+        if self.mains.is_lost() {
+            self.refuse(group);
+            return;
+        }
         let now = crate::clock::now();
         let mut received = Vec::new();
         for req in &mut group {
@@ -288,6 +301,48 @@ impl Pipeline {
         }
         for req in group {
             let _ = req.done.send(ok);
+        }
+    }
+
+    /// Mains power is lost: the frames and samples of `group` are not accepted (the sources do not
+    /// acknowledge them; a packet forwarder counts them as not acknowledged).
+    fn refuse(&self, group: Vec<IngestRequest>) {
+        let n: usize = group.iter().map(|r| r.frames.len() + r.meter.len()).sum();
+        self.counters.readings_refused_power_fail.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(frames = n, "mains power lost: frames refused");
+        for req in group {
+            let _ = req.done.send(false);
+        }
+    }
+
+    /// A settled level of the power-fail input. Lost: fsync everything committed at once, then refuse
+    /// new readings. Back: accept them again.
+    async fn power_fail(&mut self, lost: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = crate::clock::now();
+        match self.mains.signal(lost, std::time::Instant::now(), now) {
+            Change::Lost => {
+                self.counters.power_fail.store(1, Relaxed);
+                let since = self.mains.lost_since().unwrap_or(now);
+                self.counters.power_fail_since_unix_ms.store(since.timestamp_millis().max(1) as u64, Relaxed);
+                if self.sync_now().await {
+                    tracing::warn!("mains power lost: journal synced, not accepting new readings");
+                } else {
+                    tracing::error!("mains power lost: the journal could not be synced; not accepting new readings");
+                }
+            }
+            Change::Restored(lasted) => {
+                self.counters.power_fail.store(0, Relaxed);
+                self.counters.power_fail_since_unix_ms.store(0, Relaxed);
+                let refused = self.counters.readings_refused_power_fail.load(Relaxed);
+                tracing::info!(
+                    lasted_s = lasted.as_secs_f64(),
+                    refused_total = refused,
+                    "mains power restored after {}: accepting readings again",
+                    duration_text(lasted)
+                );
+            }
+            Change::Unchanged => {}
         }
     }
 
@@ -324,6 +379,7 @@ impl Pipeline {
             Control::LoopStatus { reply } => {
                 let _ = reply.send(self.status(crate::clock::now()));
             }
+            Control::PowerFail { lost } => self.power_fail(lost).await,
             Control::Command { cmd, args, reply } => {
                 let mut fx = self.district.on_input(crate::clock::now(), Input::Command { cmd, args });
                 let result = match fx.answer.take() {

@@ -60,9 +60,10 @@ pub(super) fn page_fn(
     health: crate::ops::health::Health,
     started_at: chrono::DateTime<Utc>,
 ) -> crate::ops::http::PageFn {
-    use crate::ops::board::{SourceView, StatusView};
+    use crate::ops::board::{PowerView, SourceView, StatusView};
     use std::sync::atomic::Ordering::Relaxed;
     let gateway_id = config.gateway.id.clone();
+    let power_pin = config.power_fail.as_ref().map(|p| p.pin);
     Arc::new(move || {
         let now = crate::clock::now();
         let report = health.check();
@@ -84,6 +85,11 @@ pub(super) fn page_fn(
             readings_dropped: counters.readings_dropped.load(Relaxed),
             healthy: report.healthy,
             health_reason: report.reason(),
+            power: power_pin.map(|pin| PowerView {
+                pin,
+                lost_since: counters.power_lost_since(),
+                refused: counters.readings_refused_power_fail.load(Relaxed),
+            }),
             sources: sources
                 .iter()
                 .map(|s| {

@@ -172,6 +172,7 @@ fn status_config_buffer_log_and_device_commands() {
     assert!(st["backlog"]["depth"].as_u64().is_some(), "{st}");
     assert!(st["last_uplink"].as_str().is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()), "{st}");
     assert!(st.get("control").is_some(), "{st}");
+    assert_eq!(st["power"], Value::Null, "no power-fail input configured: {st}");
 
     // config.get: the running config, without key material.
     let cfg = assert_ok(&ops.call("config.get", json!({}), &logs), "config.get");
