@@ -61,6 +61,10 @@ pub struct StatusView {
     pub health_reason: String,
     /// `None`: no power-fail input is configured.
     pub power: Option<PowerView>,
+    /// Bytes the daemon has caused to be written to storage since it started (`/proc/self/io`
+    /// `write_bytes`; None where it cannot be read), and its journal fsyncs.
+    pub disk_write_bytes: Option<u64>,
+    pub journal_fsyncs: u64,
     pub sources: Vec<SourceView>,
     pub devices: Vec<DeviceView>,
     /// `Loops::status`: `{"lighting": {...zones...}, "demand_response": {...}}`.

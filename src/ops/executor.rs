@@ -317,10 +317,12 @@ mod tests {
         let store = Store::open(&dir.join("store"), 1 << 20, crate::clock::now()).expect("store");
         // No pipeline: `status` gets no loop status (the send fails at once).
         let (control, _) = mpsc::channel(1);
+        let (refusals, _) = mpsc::channel(1);
         ExecutorContext {
             config,
             store,
             control,
+            refusals,
             counters: Arc::default(),
             commands: Arc::default(),
             sources: Vec::new(),

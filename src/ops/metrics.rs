@@ -15,7 +15,8 @@
 //!   `district_gateway_downlinks_duty_cycle_total`, `district_gateway_frames_mac_only_total`;
 //! - `district_gateway_readings_journaled_total`, `district_gateway_journal_errors_total`,
 //!   `district_gateway_records_published_total`, `district_gateway_readings_dropped_total`;
-//! - `district_gateway_journal_bytes_written_total`, `district_gateway_journal_fsyncs_total` (flash wear);
+//! - `district_gateway_journal_bytes_written_total`, `district_gateway_journal_fsyncs_total`,
+//!   `district_gateway_disk_write_bytes_total` (flash wear: what the daemon wrote, `/proc/self/io`);
 //! - `district_gateway_backlog_records`, `district_gateway_backlog_bytes`,
 //!   `district_gateway_backlog_oldest_age_seconds` (0 when empty);
 //! - `district_gateway_mqtt_connected`, `district_gateway_mqtt_reconnects_total`;
@@ -123,6 +124,8 @@ pub struct ProcessStats {
     /// Unix time the process started.
     pub start_time_s: Option<f64>,
     pub threads: u64,
+    /// Bytes this process caused to be written to storage (`/proc/self/io` `write_bytes`).
+    pub disk_write_bytes: Option<u64>,
 }
 
 /// Kernel clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`): 100 on every Linux architecture we ship for.
@@ -136,11 +139,20 @@ impl ProcessStats {
         let mut p = parse_proc(&stat, &status)?;
         p.open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
         p.max_fds = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| parse_max_fds(&l));
+        p.disk_write_bytes = disk_write_bytes();
         if let (Some(start_ticks), Ok(proc_stat)) = (p.start_time_s.take(), std::fs::read_to_string("/proc/stat")) {
             p.start_time_s = parse_btime(&proc_stat).map(|btime| btime as f64 + start_ticks);
         }
         Some(p)
     }
+}
+
+/// Bytes this process has caused to be written to storage since it started: `write_bytes` of
+/// `/proc/self/io` (every page it dirtied, counted when it goes from clean to dirty: the figure
+/// `bench/wear.sh` measures). None where `/proc` does not have it.
+pub fn disk_write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes:")?.trim().parse().ok())
 }
 
 /// From `/proc/self/stat` and `/proc/self/status`; `start_time_s` holds seconds since boot (made absolute by
@@ -170,6 +182,7 @@ fn parse_proc(stat: &str, status: &str) -> Option<ProcessStats> {
         max_fds: None,
         start_time_s: Some(start as f64 / USER_HZ),
         threads,
+        disk_write_bytes: None,
     })
 }
 
@@ -479,6 +492,15 @@ pub fn render(s: &MetricsSnapshot) -> String {
         &[],
         s.journal_fsyncs,
     );
+    if let Some(b) = s.process.as_ref().and_then(|p| p.disk_write_bytes) {
+        m.add(
+            "district_gateway_disk_write_bytes_total",
+            Counter,
+            "bytes the daemon caused to be written to storage since start (/proc/self/io write_bytes)",
+            &[],
+            b,
+        );
+    }
 
     for &(code, n) in &s.commands {
         m.add(
@@ -831,6 +853,10 @@ pub(crate) mod tests {
         }
         assert!(text.starts_with("# HELP district_gateway_build_info"));
         assert_eq!(value(&samples, "district_gateway_readings_journaled_total", &[]), Some(10.0));
+        // This process's own /proc/self/io: present on Linux, a counter that has counted something
+        // or nothing, never absent.
+        assert_eq!(types["district_gateway_disk_write_bytes_total"], "counter");
+        assert!(value(&samples, "district_gateway_disk_write_bytes_total", &[]).is_some());
         assert_eq!(value(&samples, "district_gateway_records_published_total", &[]), Some(9.0));
         assert_eq!(value(&samples, "district_gateway_mqtt_connected", &[]), Some(1.0));
         assert_eq!(types["district_gateway_mqtt_connected"], "gauge");

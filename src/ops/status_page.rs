@@ -102,6 +102,22 @@ fn card(h: &mut String, key: &str, value_html: &str, detail_html: &str) {
     );
 }
 
+/// Bytes for people: 0 B, 812 B, 4.0 KiB, 1.2 MiB, 3.4 GiB.
+fn bytes_text(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
 fn cards(h: &mut String, v: &StatusView, now: DateTime<Utc>) {
     h.push_str("<section class=\"cards\" id=\"summary\">\n");
     let (cls, word) = if v.healthy { ("ok", "healthy") } else { ("bad", "unhealthy") };
@@ -135,6 +151,13 @@ fn cards(h: &mut String, v: &StatusView, now: DateTime<Utc>) {
             if v.readings_dropped > 0 { "bad" } else { "" },
             v.readings_dropped
         ),
+    );
+    let written = v.disk_write_bytes.map_or_else(|| "n/a".to_string(), bytes_text);
+    card(
+        h,
+        "Flash writes",
+        &format!("<span id=\"disk-writes\">{}</span>", esc(&written)),
+        &format!("since start &middot; {} journal fsync{}", v.journal_fsyncs, plural(v.journal_fsyncs)),
     );
     if let Some(p) = &v.power {
         power_card(h, p, now);
@@ -587,6 +610,8 @@ mod tests {
             healthy: true,
             health_reason: "ok".into(),
             power: None,
+            disk_write_bytes: Some(3 * 1024 * 1024 + 200 * 1024),
+            journal_fsyncs: 812,
             sources: vec![
                 SourceView {
                     name: "concentrator".into(),
@@ -645,6 +670,15 @@ mod tests {
         let html = render(&v);
         assert!(html.contains("device-problems") && html.contains("lamp-9") && html.contains("bin-3"));
         assert!(html.contains("never heard &lt;since&gt;") && html.contains("quarantined"));
+    }
+
+    #[test]
+    fn bytes_written_since_start_are_shown() {
+        let html = render(&sample());
+        assert!(html.contains("<span id=\"disk-writes\">3.2 MiB</span>"), "{html}");
+        assert!(html.contains("812 journal fsyncs"));
+        assert_eq!(bytes_text(812), "812 B");
+        assert_eq!(bytes_text(4096), "4.0 KiB");
     }
 
     #[test]

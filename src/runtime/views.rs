@@ -85,6 +85,8 @@ pub(super) fn page_fn(
             readings_dropped: counters.readings_dropped.load(Relaxed),
             healthy: report.healthy,
             health_reason: report.reason(),
+            disk_write_bytes: crate::ops::metrics::disk_write_bytes(),
+            journal_fsyncs: store.stats().fsyncs.load(Relaxed),
             power: power_pin.map(|pin| PowerView {
                 pin,
                 lost_since: counters.power_lost_since(),

@@ -454,6 +454,23 @@ impl Store {
         Ok(())
     }
 
+    /// fsyncs the log's unsynced files with the lock held (rare: before sled is made durable).
+    pub(super) fn sync_log_locked(&self, st: &mut State) -> Result<(), StoreError> {
+        if st.synced_lsn >= st.written_lsn && st.unsynced.iter().all(|(id, _)| *id == st.active) {
+            return Ok(());
+        }
+        for (_, f) in &st.unsynced {
+            f.sync_data().map_err(io_err("syncing the outbox log"))?;
+        }
+        let active = st.active;
+        st.unsynced.retain(|(id, _)| *id == active);
+        self.inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        st.synced_lsn = st.written_lsn;
+        st.durable_seq = st.durable_seq.max(st.max_committed);
+        self.inner.durable_seq.store(st.durable_seq, Ordering::Release);
+        Ok(())
+    }
+
     /// Housekeeping, called about every 200 ms by the pipeline (the outbox's one writer) with its
     /// clock's `now`: logs acknowledgements, deletes acknowledged segments, applies `max_age_s`,
     /// copies state to sled, reopens sled after a failure, and ends a drop episode that has been

@@ -225,6 +225,10 @@ impl Store {
     }
 
     fn rotate(&self, st: &mut State) -> Result<(), StoreError> {
+        // The segment being closed is fsynced before anything goes into the next one: without it a
+        // power cut could keep later entries (in the new file) and lose earlier ones (in the old
+        // file's unsynced tail), and the log would have a hole. Once per segment.
+        self.sync_log_locked(st)?;
         let id = st.active + 1;
         let seg = create_segment(&*self.inner.fs, &st.wal, id)?;
         st.unsynced.push((id, seg.file.clone()));

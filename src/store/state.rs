@@ -126,6 +126,13 @@ impl Store {
         let Some(tree) = st.tree.clone() else {
             return Err(StoreError::StateUnavailable);
         };
+        if sync {
+            // sled must never be durable ahead of the log: its `m/lsn` would then cover log entries a
+            // power cut can still take away (interval durability), and state written after the
+            // reopen under those lsns would never be replayed into it. Rare: only before a segment
+            // is deleted, and at open.
+            self.sync_log_locked(st)?;
+        }
         let mut b = sled::Batch::default();
         for (k, v) in std::mem::take(&mut st.pending_kv) {
             if v.is_empty() && is_loops_key(&k) {
