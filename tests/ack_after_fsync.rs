@@ -94,7 +94,7 @@ fn start(rt: &tokio::runtime::Runtime, gate: &Arc<Gate>, dir: &std::path::Path, 
     // No broker listens there: the uplink keeps retrying, which journals nothing.
     let broker = format!("mqtt://127.0.0.1:{}", free_port());
     let text = config_text("ack-fsync", &dir.join("data"), &broker, free_udp_port(), std::slice::from_ref(dev))
-        .replace("[buffer]\n", &format!("[buffer]\n{buffer}\n"));
+        .replace(&format!("[buffer]\n{}\n", common::TEST_BUFFER), &format!("[buffer]\n{buffer}\n"));
     let cfg = district_gateway::config::parse_str(&text, "gateway.toml", dir).unwrap();
     rt.block_on(Daemon::start(&cfg)).unwrap()
 }
@@ -106,7 +106,7 @@ fn push_ack_is_sent_only_after_the_journal_fsync() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut dev = SimDevice::numbered("fsync", 1, "raw");
-    let daemon = start(&rt, &gate, dir.path(), &dev, "durability = \"commit\"");
+    let daemon = start(&rt, &gate, dir.path(), &dev, "durability = \"commit\"\nflush_interval_ms = 250");
     let gwmp = daemon.gwmp_addrs[0];
     let store = daemon.store.clone();
 
@@ -170,7 +170,8 @@ fn in_interval_mode_push_ack_comes_before_the_fsync_and_publication_after_it() {
     push(&socket, gwmp, 1, dev.uplink(b"warm-up"));
     assert!(ack_within(&socket, 1, Duration::from_secs(10)), "no PUSH_ACK for the warm-up frame");
     // Wait for the warm-up's own fsync (its window) so that the next one is the frame's.
-    assert!(wait_until(Duration::from_secs(10), || store.stats().fsyncs.load(Ordering::SeqCst) > 0));
+    let warm_up = store.next_seq() - 1;
+    assert!(wait_until(Duration::from_secs(10), || store.max_committed() >= warm_up), "the warm-up never became durable");
 
     gate.set_hold(true);
     let durable_before = store.max_committed();

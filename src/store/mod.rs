@@ -455,7 +455,7 @@ impl Store {
     }
 
     /// fsyncs the log's unsynced files with the lock held (rare: before sled is made durable).
-    pub(super) fn sync_log_locked(&self, st: &mut State) -> Result<(), StoreError> {
+    fn sync_log_locked(&self, st: &mut State) -> Result<(), StoreError> {
         if st.synced_lsn >= st.written_lsn && st.unsynced.iter().all(|(id, _)| *id == st.active) {
             return Ok(());
         }
