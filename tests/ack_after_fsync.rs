@@ -87,42 +87,59 @@ fn ack_within(socket: &UdpSocket, token: u16, limit: Duration) -> bool {
     false
 }
 
-/// A daemon on the test's gate, in the given durability mode.
-fn start(rt: &tokio::runtime::Runtime, gate: &Arc<Gate>, dir: &std::path::Path, dev: &SimDevice, buffer: &str) -> Daemon {
-    let g = gate.clone();
-    district_gateway::test_hooks::set_before_fsync(Some(Arc::new(move || g.before_fsync())));
-    // No broker listens there: the uplink keeps retrying, which journals nothing.
-    let broker = format!("mqtt://127.0.0.1:{}", free_port());
-    let text = config_text("ack-fsync", &dir.join("data"), &broker, free_udp_port(), std::slice::from_ref(dev))
-        .replace(&format!("[buffer]\n{}\n", common::TEST_BUFFER), &format!("[buffer]\n{buffer}\n"));
-    let cfg = district_gateway::config::parse_str(&text, "gateway.toml", dir).unwrap();
-    rt.block_on(Daemon::start(&cfg)).unwrap()
+/// A daemon on the test's gate in the given durability mode (`[buffer]` lines), a forwarder socket,
+/// and one warm-up frame acknowledged (the gate open).
+struct Rig {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    gate: Arc<Gate>,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    dev: SimDevice,
+    daemon: Daemon,
+    socket: UdpSocket,
+}
+
+impl Rig {
+    fn warmed_up(buffer: &str) -> Rig {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let gate = Arc::new(Gate::default());
+        let g = gate.clone();
+        district_gateway::test_hooks::set_before_fsync(Some(Arc::new(move || g.before_fsync())));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = SimDevice::numbered("fsync", 1, "raw");
+        // No broker listens there: the uplink keeps retrying, which journals nothing.
+        let broker = format!("mqtt://127.0.0.1:{}", free_port());
+        let text =
+            config_text("ack-fsync", &dir.path().join("data"), &broker, free_udp_port(), std::slice::from_ref(&dev))
+                .replace(&format!("[buffer]\n{}\n", common::TEST_BUFFER), &format!("[buffer]\n{buffer}\n"));
+        let cfg = district_gateway::config::parse_str(&text, "gateway.toml", dir.path()).unwrap();
+        let daemon = rt.block_on(Daemon::start(&cfg)).unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        push(&socket, daemon.gwmp_addrs[0], 1, dev.uplink(b"warm-up"));
+        assert!(ack_within(&socket, 1, Duration::from_secs(10)), "no PUSH_ACK for the warm-up frame");
+        Rig { _serial: serial, gate, rt, _dir: dir, dev, daemon, socket }
+    }
+
+    fn stop(self) {
+        district_gateway::test_hooks::set_before_fsync(None);
+        self.rt.block_on(self.daemon.stop());
+    }
 }
 
 #[test]
 fn push_ack_is_sent_only_after_the_journal_fsync() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let gate = Arc::new(Gate::default());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut dev = SimDevice::numbered("fsync", 1, "raw");
-    let daemon = start(&rt, &gate, dir.path(), &dev, "durability = \"commit\"\nflush_interval_ms = 250");
-    let gwmp = daemon.gwmp_addrs[0];
-    let store = daemon.store.clone();
-
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-
-    // Warm-up with the gate open: the path works and acknowledges.
-    push(&socket, gwmp, 1, dev.uplink(b"warm-up"));
-    assert!(ack_within(&socket, 1, Duration::from_secs(10)), "no PUSH_ACK for the warm-up frame");
+    let mut rig = Rig::warmed_up("durability = \"commit\"\nflush_interval_ms = 250");
+    let (gate, socket, gwmp) = (rig.gate.clone(), &rig.socket, rig.daemon.gwmp_addrs[0]);
+    let store = rig.daemon.store.clone();
 
     // Hold every fsync, then send the frame under test.
     gate.set_hold(true);
     let fsyncs_before = store.stats().fsyncs.load(Ordering::SeqCst);
     let durable_before = store.max_committed();
     let seq_before = store.next_seq();
-    push(&socket, gwmp, 2, dev.uplink(b"must be on disk before the ACK"));
+    push(socket, gwmp, 2, rig.dev.uplink(b"must be on disk before the ACK"));
 
     // 1. The frame got its seq and its fsync was requested (and is held).
     let allocated = wait_until(Duration::from_secs(20), || store.next_seq() > seq_before);
@@ -132,7 +149,7 @@ fn push_ack_is_sent_only_after_the_journal_fsync() {
         panic!("the frame got no seq ({allocated}) or no fsync was requested ({requested})");
     }
     // 2. No PUSH_ACK while the fsync is held back, and nothing readable for the uplink either.
-    let early = ack_within(&socket, 2, Duration::from_millis(1500));
+    let early = ack_within(socket, 2, Duration::from_millis(1500));
     let fsyncs_held = store.stats().fsyncs.load(Ordering::SeqCst);
     let durable_held = store.max_committed();
     gate.set_hold(false);
@@ -144,41 +161,36 @@ fn push_ack_is_sent_only_after_the_journal_fsync() {
          the pipeline acknowledges before the journal is durable"
     );
     // 3. Released: the fsync completes and then the ACK comes.
-    assert!(ack_within(&socket, 2, Duration::from_secs(20)), "no PUSH_ACK after the fsync was released");
+    assert!(ack_within(socket, 2, Duration::from_secs(20)), "no PUSH_ACK after the fsync was released");
     assert!(
         store.stats().fsyncs.load(Ordering::SeqCst) > fsyncs_before,
         "PUSH_ACK without an fsync after the frame's commit"
     );
     assert!(store.max_committed() > durable_before, "after the fsync the record is readable for the uplink");
 
-    district_gateway::test_hooks::set_before_fsync(None);
-    rt.block_on(daemon.stop());
+    rig.stop();
 }
 
 #[test]
 fn in_interval_mode_push_ack_comes_before_the_fsync_and_publication_after_it() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let gate = Arc::new(Gate::default());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut dev = SimDevice::numbered("fsync", 1, "raw");
-    let daemon = start(&rt, &gate, dir.path(), &dev, "durability = \"interval\"\nflush_interval_ms = 1000");
-    let gwmp = daemon.gwmp_addrs[0];
-    let store = daemon.store.clone();
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    push(&socket, gwmp, 1, dev.uplink(b"warm-up"));
-    assert!(ack_within(&socket, 1, Duration::from_secs(10)), "no PUSH_ACK for the warm-up frame");
+    // No DevStatusReq: a downlink is fsynced at once in every mode, and would hide the window.
+    let mut rig =
+        Rig::warmed_up("durability = \"interval\"\nflush_interval_ms = 1000\n[lorawan]\ndev_status_interval_s = 0");
+    let (gate, socket, gwmp) = (rig.gate.clone(), &rig.socket, rig.daemon.gwmp_addrs[0]);
+    let store = rig.daemon.store.clone();
     // Wait for the warm-up's own fsync (its window) so that the next one is the frame's.
     let warm_up = store.next_seq() - 1;
-    assert!(wait_until(Duration::from_secs(10), || store.max_committed() >= warm_up), "the warm-up never became durable");
+    assert!(
+        wait_until(Duration::from_secs(10), || store.max_committed() >= warm_up),
+        "the warm-up never became durable"
+    );
 
     gate.set_hold(true);
     let durable_before = store.max_committed();
     let seq_before = store.next_seq();
-    push(&socket, gwmp, 2, dev.uplink(b"acknowledged once written"));
+    push(socket, gwmp, 2, rig.dev.uplink(b"acknowledged once written"));
     // 1. Acknowledged while no fsync can complete: written (page cache), not yet durable.
-    let acked = ack_within(&socket, 2, Duration::from_secs(10));
+    let acked = ack_within(socket, 2, Duration::from_secs(10));
     let committed = store.next_seq() > seq_before;
     let durable_at_ack = store.max_committed();
     // 2. The window's fsync comes by itself (no more traffic), and is held.
@@ -194,6 +206,5 @@ fn in_interval_mode_push_ack_comes_before_the_fsync_and_publication_after_it() {
         wait_until(Duration::from_secs(20), || store.max_committed() > durable_before),
         "after the window's fsync the record is readable for the uplink"
     );
-    district_gateway::test_hooks::set_before_fsync(None);
-    rt.block_on(daemon.stop());
+    rig.stop();
 }

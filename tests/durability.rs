@@ -236,7 +236,13 @@ fn a_minute_of_broker_outage_loses_nothing_and_live_readings_are_not_queued_behi
     let mut a = devices("a", 10);
     let mut b = devices("b", 5);
     let all: Vec<SimDevice> = a.iter().chain(b.iter()).cloned().collect();
-    let gw = Gw::start("dur-out", None, &format!("url = \"{}\"", broker.url()), "replay_rate = 500\nflush_interval_ms = 250", &all);
+    let gw = Gw::start(
+        "dur-out",
+        None,
+        &format!("url = \"{}\"", broker.url()),
+        "replay_rate = 500\nflush_interval_ms = 250",
+        &all,
+    );
     assert!(wait_until(Duration::from_secs(10), || !sub.on_topic("/state").is_empty()));
     let mut fwd = Forwarder::new();
     let mut acked = Vec::new();

@@ -40,11 +40,12 @@ struct Running {
 }
 
 fn config(gateway: &str, dir: &std::path::Path, broker: &str, dev: &SimDevice, active_low: bool) -> String {
-    let mut text = config_text(gateway, &dir.join("data"), broker, free_udp_port(), std::slice::from_ref(dev));
-    // No aggregates: nothing but the test's frames makes the pipeline write. A flush interval at its
-    // maximum: no periodic flush can stand in for the one the power-fail edge must cause.
+    // No aggregates: nothing but the test's frames makes the pipeline write. Interval durability with
+    // the longest window: no periodic fsync can stand in for the one the power-fail edge must cause.
+    let mut text = config_text(gateway, &dir.join("data"), broker, free_udp_port(), std::slice::from_ref(dev))
+        .replace(&format!("[buffer]\n{}\n", common::TEST_BUFFER), "[buffer]\nflush_interval_ms = 60000\n");
     text.push_str(&format!(
-        "[publish]\naggregates = false\n[buffer]\nflush_interval_ms = 10000\n\
+        "[publish]\naggregates = false\n\
          [power_fail]\npin = {PIN}\nactive_low = {active_low}\ndebounce_ms = 20\n"
     ));
     text

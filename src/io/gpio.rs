@@ -85,14 +85,8 @@ pub trait PwmOutput: Send + 'static {
 // ---------------------------------------------------------------------------------------------
 // Config
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pull {
-    #[default]
-    None,
-    Up,
-    Down,
-}
+/// A GPIO input's pull resistor (the config's type: the config imports no I/O code).
+pub use crate::config::InputPull as Pull;
 
 /// A presence input (PIR sensor output, or a contact).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::bus::Control;
-use crate::config::{InputPull, PowerFailConfig};
-use crate::io::gpio::{self, run_presence, PresenceEvent, PresenceInputConfig, Pull};
+use crate::config::PowerFailConfig;
+use crate::io::gpio::{self, run_presence, PresenceEvent, PresenceInputConfig};
 use crate::io::status::SourceStatus;
 
 use super::Hardware;
@@ -81,11 +81,7 @@ fn input_config(cfg: &PowerFailConfig) -> PresenceInputConfig {
     PresenceInputConfig {
         name: NAME.into(),
         pin: cfg.pin,
-        pull: match cfg.pull {
-            InputPull::None => Pull::None,
-            InputPull::Up => Pull::Up,
-            InputPull::Down => Pull::Down,
-        },
+        pull: cfg.pull,
         active_low: cfg.active_low,
         debounce_ms: cfg.debounce_ms,
     }
@@ -135,6 +131,8 @@ async fn forward(mut events: mpsc::Receiver<PresenceEvent>, control: mpsc::Sende
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::InputPull;
+    use crate::io::gpio::Pull;
 
     #[test]
     fn mains_power_changes_only_on_a_new_state() {

@@ -254,11 +254,8 @@ impl Run {
         if std::env::var("DG_POWERCUT_NO_DIR_SYNC").is_ok_and(|v| v == "1") {
             fs.set_ignore_dir_sync(true);
         }
-        let durability = if rng.percent(50) {
-            Durability::Commit
-        } else {
-            Durability::Interval { window_ms: 50 + rng.below(5000) }
-        };
+        let durability =
+            if rng.percent(50) { Durability::Commit } else { Durability::Interval { window_ms: 50 + rng.below(5000) } };
         let policy = SyncPolicy::new(durability);
         Run { seed, rng, fs, dir, opts, m: Model::default(), cuts: 0, log: Vec::new(), policy, now_ms: 0 }
     }

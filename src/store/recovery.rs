@@ -26,8 +26,7 @@ use super::ranges::RangeSet;
 use super::segment::{create_segment, read_seq_floor, seg_path, ScannedSegment, Segment, SEQ_FLOOR};
 use super::state::{
     be_u64, episode_from_json, is_loops_key, open_sled, SledOpen, ACKED_KEY, EPISODE_KEY, FORMAT_KEY, LOOPS_KEY,
-    LOOPS_PART_PREFIX, LSN_KEY, MARKER,
-    NEXT_SEQ,
+    LOOPS_PART_PREFIX, LSN_KEY, MARKER, NEXT_SEQ,
 };
 use super::{io_err, Batch, Inner, Record, State, Store, StoreError, StoreOptions, StoreStats, Topic};
 

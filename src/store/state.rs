@@ -67,7 +67,6 @@ pub(super) const JOIN_NONCE: &[u8] = b"m/join_nonce";
 pub(super) const COMMAND_PREFIX: &[u8] = b"c/";
 pub(super) const REMOTE_DEVICE_PREFIX: &[u8] = b"u/";
 
-
 pub(super) fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
     k.extend_from_slice(prefix);

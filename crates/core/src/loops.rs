@@ -546,7 +546,8 @@ mod parts_tests {
         let mut silence = SilenceState::default();
         silence.devices.insert("a".into(), SilenceStatus { last_seen_ms: Some(1), since_ms: 0, silent: false });
         silence.devices.insert("b".into(), SilenceStatus { last_seen_ms: Some(1), since_ms: 0, silent: false });
-        let mut state = LoopsState { aggregates: None, events: Some(EventsState { silence, ..EventsState::default() }) };
+        let mut state =
+            LoopsState { aggregates: None, events: Some(EventsState { silence, ..EventsState::default() }) };
         let before = state.to_parts().expect("parts");
         if let Some(e) = state.events.as_mut() {
             e.silence.devices.insert("b".into(), SilenceStatus { last_seen_ms: Some(9), since_ms: 0, silent: false });

@@ -240,9 +240,9 @@ reconnect_max_ms = 400
 window_s = 3600
 
 [buffer]
-# The demo runs a night in minutes: a 1 s power-cut window (interval durability, the default mode)
-# keeps readings reaching the broker within a second of being heard.
-flush_interval_ms = 1000
+# The demo runs a night in minutes: a second of real time is many minutes of its clock, so it fsyncs
+# every commit (as the default interval mode would with a window of a few simulated seconds).
+durability = "commit"
 
 [lorawan]
 rx2_dr = 3
