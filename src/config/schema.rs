@@ -329,7 +329,7 @@ fn default_max_bytes() -> u64 {
     268_435_456
 }
 fn default_flush_interval_ms() -> u32 {
-    10_000
+    5_000
 }
 fn default_replay_rate() -> u32 {
     2000
