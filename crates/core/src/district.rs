@@ -171,7 +171,8 @@ impl Counts {
             Note::Joined { .. }
             | Note::JoinRefused { .. }
             | Note::DownlinkAcked { .. }
-            | Note::DownlinksDropped { .. } => {}
+            | Note::DownlinksDropped { .. }
+            | Note::Mac { .. } => {}
         }
     }
 }

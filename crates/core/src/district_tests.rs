@@ -50,9 +50,9 @@ fn district_with(lighting: bool, publish_readings: bool, aggregate_window_s: Opt
         min_lead_ms: 50,
     })
     .expect("network server");
-    let sensor = DeviceInfo { profile: "raw".into(), class: DeviceClass::A };
+    let sensor = DeviceInfo { profile: "raw".into(), class: DeviceClass::A, adr: true };
     let _ = ns.upsert_device(SENSOR, sensor, abp(SENSOR_ADDR, 0));
-    let lamp = DeviceInfo { profile: "lamp-generic".into(), class: DeviceClass::C };
+    let lamp = DeviceInfo { profile: "lamp-generic".into(), class: DeviceClass::C, adr: true };
     let _ = ns.upsert_device(LAMP, lamp, abp(LAMP_ADDR, 1));
     ns.set_default_route(Some(Origin { source: 0, gateway: Eui64(0) }));
     let setup = LoopsSetup {
@@ -305,7 +305,7 @@ fn loop_state_saved_before_a_restart_is_restored_and_its_open_window_closes_on_t
 fn device_changes_go_through_the_district() {
     let mut d = district(false, true);
     let before = d.device_config(SENSOR).expect("configured");
-    let info = DeviceInfo { profile: "raw".into(), class: DeviceClass::A };
+    let info = DeviceInfo { profile: "raw".into(), class: DeviceClass::A, adr: true };
     // New keys: a new session, whose counters are persisted with it.
     let fx = d.upsert_device(SENSOR, info, abp(SENSOR_ADDR, 7), None);
     assert!(fx.persist.iter().any(|p| matches!(p, Persist::Session { device, .. } if device == SENSOR)));

@@ -20,7 +20,9 @@ use crate::lorawan::downlink::{
 };
 use crate::lorawan::join::{DevAddrAllocator, JoinConfig, JoinContext, JoinError, JoinServer, OtaaDevice};
 use crate::lorawan::lifecycle::{Counters, Resumable, SessionId, SessionRecord};
+use crate::lorawan::mac_engine::{DeviceFacts, MacConfig, MacCounts, MacEngine, MacEnqueueError, MacEvent};
 use crate::lorawan::region::{Eu868, TxParams, UplinkRadio};
+use crate::lorawan::{AdrConfig, MacRequest, MacState, MacStatus};
 use crate::lorawan::{Dedup, MType, Sessions, Uplink, UplinkError};
 use crate::reading::{LoraMeta, Reading};
 
@@ -36,6 +38,8 @@ const MAX_JOIN_NONCE: u32 = 0x00FF_FFFF;
 pub struct DeviceInfo {
     pub profile: String,
     pub class: DeviceClass,
+    /// ADR for this device (when it sets the ADR bit and `[lorawan.adr]` is enabled).
+    pub adr: bool,
 }
 
 /// How a device is provisioned.
@@ -87,6 +91,12 @@ pub enum Persist {
     JoinNonce {
         next: u32,
     },
+    /// The device's MAC state (accepted settings, pending requests), written when it changes; None:
+    /// forget it.
+    MacState {
+        device: String,
+        state: Option<Box<MacState>>,
+    },
 }
 
 /// What the store had for a device at start.
@@ -97,6 +107,7 @@ pub struct StoredDevice {
     pub fcnt_up: Option<u32>,
     pub fcnt_down: Option<u32>,
     pub route: Option<Origin>,
+    pub mac: Option<MacState>,
 }
 
 /// Why a class C device cannot be reached now.
@@ -176,6 +187,11 @@ pub enum Note {
         count: usize,
         reason: &'static str,
     },
+    /// A MAC request accepted, refused, dropped; an unexpected answer; an ADR decision sent.
+    Mac {
+        device: String,
+        event: MacEvent,
+    },
 }
 
 /// What became of one frame.
@@ -224,11 +240,16 @@ pub struct NetworkServer {
     /// The one source that can transmit, when there is exactly one: class C devices never heard
     /// since they were installed are sent through it.
     default_route: Option<Origin>,
+    /// MAC commands and ADR (`lorawan::mac_engine`).
+    mac: MacEngine,
+    /// Each device's last accepted frame, to credit its copies from other gateways to ADR.
+    last_frame: HashMap<String, Vec<u8>>,
 }
 
 impl NetworkServer {
     pub fn new(cfg: NsConfig) -> Result<Self, String> {
         let rx = cfg.join.rx;
+        let mac = MacEngine::new(MacConfig { rx, cf_list: cfg.join.cf_list.clone(), ..MacConfig::default() });
         let join = JoinServer::new(cfg.join).map_err(|e| e.to_string())?;
         let alloc = DevAddrAllocator::new(cfg.dev_addr_range.0, cfg.dev_addr_range.1).map_err(|e| e.to_string())?;
         Ok(NetworkServer {
@@ -247,7 +268,55 @@ impl NetworkServer {
             records: HashMap::new(),
             provisioning: HashMap::new(),
             default_route: None,
+            mac,
+            last_frame: HashMap::new(),
         })
+    }
+
+    /// `[lorawan.adr]` and `[lorawan.mac]` (before devices are restored). The receive windows and
+    /// channels the MAC engine aims at are the network's own (join config).
+    pub fn set_mac_options(&mut self, adr: AdrConfig, max_tries: u8, abp_channels: Vec<u32>) {
+        let cfg = MacConfig { adr, max_tries, abp_channels, ..self.mac.config().clone() };
+        self.mac = MacEngine::new(cfg);
+    }
+
+    /// The device's MAC state: accepted data rate, TX power, NbTrans, channels, receive windows and
+    /// pending requests (None: never heard and nothing asked).
+    pub fn mac_state(&self, device: &str) -> Option<&MacState> {
+        self.mac.state(device)
+    }
+
+    /// The device's MAC view for status (adds the last uplink's data rate, SNR margin, ADR decision).
+    pub fn mac_status(&self, device: &str) -> Option<MacStatus> {
+        self.mac.status(device)
+    }
+
+    /// Devices with a MAC state, sorted.
+    pub fn mac_devices(&self) -> Vec<&str> {
+        self.mac.devices()
+    }
+
+    pub fn mac_counts(&self) -> MacCounts {
+        self.mac.counts()
+    }
+
+    /// Queues a MAC request for the device's next class A window (after its next uplink), e.g.
+    /// `MacRequest::RxTimingSetup { delay_s: 2 }`. The output carries the state to persist.
+    pub fn enqueue_mac(&mut self, device: &str, req: MacRequest) -> Result<Output, MacEnqueueError> {
+        let mut out = Output::default();
+        if self.mac.enqueue(device, self.is_abp(device), req)? {
+            self.push_mac_state(device, &mut out);
+        }
+        Ok(out)
+    }
+
+    fn is_abp(&self, device: &str) -> bool {
+        matches!(self.provisioning.get(device), Some(Provisioning::Abp { .. }))
+    }
+
+    fn push_mac_state(&self, device: &str, out: &mut Output) {
+        let state = self.mac.state(device).cloned().map(Box::new);
+        out.persist.push(Persist::MacState { device: device.to_string(), state });
     }
 
     /// Adds or replaces a device (config load, `device.upsert`). The lifecycle rules
@@ -326,6 +395,9 @@ impl NetworkServer {
         if let Some(o) = stored.route {
             self.last_origin.insert(name.to_string(), o);
         }
+        if let (Some(m), Some(_)) = (stored.mac, self.records.get(name).and_then(|r| r.current)) {
+            self.mac.restore(name, m);
+        }
         let mut out = self.upsert_device(name, info, prov);
         let wrote_session = out.persist.iter().any(|p| matches!(p, Persist::Session { .. }));
         if migrated && !wrote_session {
@@ -364,6 +436,7 @@ impl NetworkServer {
         let mut out = Output::default();
         self.end_session(name, "the device was removed", &mut out);
         self.queues.remove(name);
+        self.last_frame.remove(name);
         if let Some(Provisioning::Otaa { dev_eui, .. }) = self.provisioning.remove(name) {
             self.join.remove_device(dev_eui);
         }
@@ -454,6 +527,10 @@ impl NetworkServer {
         }
         self.install(name, class, sid, relax, c);
         push_session(name, record, c, out);
+        // A new session: the device starts again from its defaults (channels, windows, data rate).
+        let abp = self.is_abp(name);
+        self.mac.start_session(name, abp);
+        self.push_mac_state(name, out);
     }
 
     /// Retires the current session (device removed or switched to OTAA), keeping its counters.
@@ -467,6 +544,9 @@ impl NetworkServer {
         let record = self.records.entry(name.to_string()).or_default();
         record.retire(c, Resumable::Yes);
         out.persist.push(Persist::Session { device: name.to_string(), record: record.clone() });
+        if self.mac.remove(name) {
+            out.persist.push(Persist::MacState { device: name.to_string(), state: None });
+        }
     }
 
     fn drop_queued(&mut self, name: &str, reason: &'static str, out: &mut Output) {
@@ -514,6 +594,7 @@ impl NetworkServer {
     pub fn handle_frame(&mut self, now: DateTime<Utc>, now_ms: u64, frame: &RadioFrame) -> (Outcome, Output) {
         let mut out = Output::default();
         if self.dedup.is_duplicate(now_ms, &frame.phy) {
+            self.copy_heard(frame);
             return (Outcome::Duplicate, out);
         }
         let mtype = frame.phy.first().map(|b| MType::from_mhdr(*b));
@@ -529,13 +610,26 @@ impl NetworkServer {
         self.heard_at(&up.device.clone(), frame.origin, &mut out);
         let mut status_metrics = Map::new();
         let radio = radio_of(frame, now_ms);
+        let facts = DeviceFacts {
+            abp: self.is_abp(&up.device),
+            adr_allowed: self.devices.get(&up.device).is_none_or(|d| d.adr),
+        };
+        let window = self.mac.on_uplink(&up.device, facts, &up, radio.as_ref(), now);
+        let mut mac_changed = window.changed;
+        for event in window.events {
+            out.notes.push(Note::Mac { device: up.device.clone(), event });
+        }
+        self.last_frame.insert(up.device.clone(), frame.phy.clone());
+        let rx = self.mac.rx(&up.device);
         if let Some(q) = self.queues.get_mut(&up.device) {
             if let Some(radio) = &radio {
                 for ev in q.on_uplink(&up, radio, now_ms) {
                     note_event(&up.device, ev, &mut out.notes, &mut status_metrics);
                 }
-                match self.scheduler.answer_uplink(q, radio, now_ms) {
+                q.set_mac_commands(window.commands, window.force_downlink);
+                match self.scheduler.answer_uplink_rx(q, radio, &rx, now_ms) {
                     Ok(Some(s)) => {
+                        mac_changed |= self.mac.sent(&up.device, s.frame.mac_sent);
                         out.persist.push(Persist::FcntDown { device: up.device.clone(), next: q.f_cnt_down() });
                         out.downlinks.push(OutDownlink {
                             origin: frame.origin,
@@ -555,11 +649,30 @@ impl NetworkServer {
                 }
             }
         }
+        if mac_changed {
+            self.push_mac_state(&up.device, &mut out);
+        }
         if !up.is_application_data() {
             return (Outcome::MacOnly { device: up.device }, out);
         }
         let reading = self.reading(now, frame, up, status_metrics, &mut out.notes);
         (Outcome::Reading(Box::new(reading)), out)
+    }
+
+    /// A copy of an accepted frame through another gateway or source: ADR keeps its better SNR.
+    fn copy_heard(&mut self, frame: &RadioFrame) {
+        let (Some(snr), Some(addr), Some(f_cnt16)) = (
+            frame.snr,
+            frame.phy.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok()),
+            frame.phy.get(6..8).and_then(|b| <[u8; 2]>::try_from(b).ok()),
+        ) else {
+            return;
+        };
+        let addr = DevAddr(u32::from_le_bytes(addr));
+        let device = self.sessions.devices_at(addr).find(|d| self.last_frame.get(*d) == Some(&frame.phy));
+        if let Some(device) = device.map(str::to_string) {
+            self.mac.merge_copy(&device, u16::from_le_bytes(f_cnt16), snr);
+        }
     }
 
     fn join_request(&mut self, now_ms: u64, frame: &RadioFrame, out: &mut Output) -> Outcome {
@@ -657,6 +770,7 @@ impl NetworkServer {
     }
 
     fn class_c_for(&mut self, device: &str, now_ms: u64, out: &mut Output) {
+        let rx = self.mac.rx(device);
         let Some(q) = self.queues.get_mut(device) else { return };
         if q.class() != DeviceClass::C || q.is_empty() {
             return;
@@ -666,7 +780,7 @@ impl NetworkServer {
             // for its first uplink (`waiting_for_route` says so in status).
             return;
         };
-        match self.scheduler.class_c(q, now_ms) {
+        match self.scheduler.class_c_rx(q, &rx, now_ms) {
             Ok(Some(s)) => {
                 out.persist.push(Persist::FcntDown { device: device.to_string(), next: q.f_cnt_down() });
                 out.downlinks.push(OutDownlink {

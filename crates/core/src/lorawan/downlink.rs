@@ -180,6 +180,8 @@ pub struct DownlinkFrame {
     /// Transmission number of the item (1 for the first).
     pub attempt: u8,
     pub ack: bool,
+    /// How many of the MAC engine's commands ([`DownlinkQueue::set_mac_commands`]) it carries.
+    pub mac_sent: usize,
 }
 
 /// What the next frame would contain (computed without changing the queue).
@@ -191,11 +193,14 @@ struct Composition {
     request_dev_status: bool,
     ack: bool,
     f_pending: bool,
+    /// The MAC commands go as the FPort-0 FRMPayload (encrypted with NwkSKey) instead of FOpts.
+    mac_port0: bool,
+    mac_sent: usize,
 }
 
 impl Composition {
     fn phy_len(&self) -> usize {
-        let port = self.item.as_ref().map_or(0, |i| 1 + i.payload.len());
+        let port = self.item.as_ref().map_or(0, |i| 1 + i.payload.len()) + usize::from(self.mac_port0);
         1 + FHDR_LEN + self.fopts.len() + port + 4
     }
 }
@@ -217,6 +222,10 @@ pub struct DownlinkQueue {
     mac_answers: Vec<u8>,
     /// The last uplink was confirmed: its window must carry ACK.
     ack_due: bool,
+    /// The MAC engine's commands for the window of the last uplink (each CID + payload), in order.
+    mac_commands: Vec<Vec<u8>>,
+    /// The window of the last uplink must carry a frame even if empty (ADRACKReq, sticky answers).
+    force_window: bool,
     dev_status_requested_at: Option<u64>,
     last_dev_status: Option<DevStatus>,
     last_commit: Option<Commit>,
@@ -270,6 +279,8 @@ impl DownlinkQueue {
             in_flight: None,
             mac_answers: Vec::new(),
             ack_due: false,
+            mac_commands: Vec::new(),
+            force_window: false,
             dev_status_requested_at: None,
             last_dev_status: None,
             last_commit: None,
@@ -303,6 +314,8 @@ impl DownlinkQueue {
             self.queue.push_front(f.item);
         }
         self.mac_answers.clear();
+        self.mac_commands.clear();
+        self.force_window = false;
         self.ack_due = false;
         self.last_commit = None;
     }
@@ -369,9 +382,19 @@ impl DownlinkQueue {
         self.queue.clear();
         self.in_flight = None;
         self.mac_answers.clear();
+        self.mac_commands.clear();
+        self.force_window = false;
         self.ack_due = false;
         self.last_commit = None;
         n
+    }
+
+    /// The MAC engine's commands for the window of the uplink `on_uplink` just processed (answers
+    /// first, then requests; the frame carries a prefix of them, see [`DownlinkFrame::mac_sent`]), and
+    /// whether that window must carry a frame even with nothing in it.
+    pub fn set_mac_commands(&mut self, commands: Vec<Vec<u8>>, force_window: bool) {
+        self.mac_commands = commands;
+        self.force_window = force_window;
     }
 
     /// Processes a verified uplink of this device: ACK tracking, MAC commands, the ACK it needs.
@@ -463,11 +486,35 @@ impl DownlinkQueue {
                 request_dev_status = true;
             }
         }
+        let (mut mac_port0, mut mac_sent) = (false, 0);
+        if answering_uplink {
+            let total: usize = fopts.len() + self.mac_commands.iter().map(Vec::len).sum::<usize>();
+            // Alone in the frame and more than FOpts hold: the FPort-0 payload carries them all.
+            mac_port0 = item.is_none() && total > MAX_FOPTS;
+            let room = if mac_port0 { MAX_DOWNLINK_PAYLOAD } else { room };
+            for c in &self.mac_commands {
+                if fopts.len() + c.len() > room {
+                    break;
+                }
+                fopts.extend_from_slice(c);
+                mac_sent += 1;
+            }
+        }
         let ack = answering_uplink && self.ack_due;
-        if item.is_none() && fopts.is_empty() && !ack {
+        let force = answering_uplink && self.force_window;
+        if item.is_none() && fopts.is_empty() && !ack && !force {
             return None;
         }
-        Some(Composition { item, retransmission, fopts, request_dev_status, ack, f_pending: more_queued })
+        Some(Composition {
+            item,
+            retransmission,
+            fopts,
+            request_dev_status,
+            ack,
+            f_pending: more_queued,
+            mac_port0: mac_port0 && mac_sent > 0,
+            mac_sent,
+        })
     }
 
     /// Builds the frame and moves the queue on (consumes an FCntDown).
@@ -489,7 +536,13 @@ impl DownlinkQueue {
                 phy.set_f_port(i.f_port);
                 &i.payload
             }
-            None => &[],
+            None => {
+                if c.mac_port0 {
+                    // FPort 0: the creator puts the commands in the FRMPayload, encrypted with NwkSKey.
+                    phy.set_f_port(0);
+                }
+                &[]
+            }
         };
         let nwk = NewSKey::from(*self.nwk_s_key.expose());
         let app = AppSKey::from(*self.app_s_key.expose());
@@ -528,6 +581,8 @@ impl DownlinkQueue {
             self.ack_due = false;
             self.mac_answers.clear();
         }
+        self.mac_commands.clear();
+        self.force_window = false;
         self.last_commit = Some(commit);
         Ok(DownlinkFrame {
             device: self.device.clone(),
@@ -538,12 +593,15 @@ impl DownlinkQueue {
             confirmed,
             attempt,
             ack: c.ack,
+            mac_sent: c.mac_sent,
         })
     }
 
     /// The window of the last uplink is gone without a frame: its MAC answers and ACK are dropped.
     fn window_missed(&mut self) {
         self.mac_answers.clear();
+        self.mac_commands.clear();
+        self.force_window = false;
         self.ack_due = false;
     }
 
@@ -659,12 +717,24 @@ impl Scheduler {
         answering: Answering,
         now_ms: u64,
     ) -> Result<TxPlan, ScheduleError> {
-        let rx1 = self.try_window(phy_len, self.region.rx1(radio, &self.rx, answering), radio, now_ms);
+        let rx = self.rx;
+        self.choose_window_rx(phy_len, radio, &rx, answering, now_ms)
+    }
+
+    fn choose_window_rx(
+        &mut self,
+        phy_len: usize,
+        radio: &UplinkRadio,
+        rx: &RxSettings,
+        answering: Answering,
+        now_ms: u64,
+    ) -> Result<TxPlan, ScheduleError> {
+        let rx1 = self.try_window(phy_len, self.region.rx1(radio, rx, answering), radio, now_ms);
         let rx1 = match rx1 {
             Ok(plan) => return Ok(plan),
             Err(r) => r,
         };
-        match self.try_window(phy_len, self.region.rx2(radio, &self.rx, answering), radio, now_ms) {
+        match self.try_window(phy_len, self.region.rx2(radio, rx, answering), radio, now_ms) {
             Ok(plan) => Ok(plan),
             Err(rx2) => Err(ScheduleError::NoWindow { rx1, rx2 }),
         }
@@ -709,11 +779,24 @@ impl Scheduler {
         radio: &UplinkRadio,
         now_ms: u64,
     ) -> Result<Option<ScheduledDownlink>, ScheduleError> {
+        let rx = self.rx;
+        self.answer_uplink_rx(queue, radio, &rx, now_ms)
+    }
+
+    /// [`Scheduler::answer_uplink`] in the receive windows the device accepted (RXParamSetupReq,
+    /// RXTimingSetupReq), which may differ from the network's.
+    pub fn answer_uplink_rx(
+        &mut self,
+        queue: &mut DownlinkQueue,
+        radio: &UplinkRadio,
+        rx: &RxSettings,
+        now_ms: u64,
+    ) -> Result<Option<ScheduledDownlink>, ScheduleError> {
         let Some(c) = queue.compose(true, now_ms) else {
             queue.window_missed();
             return Ok(None);
         };
-        let plan = match self.choose_window(c.phy_len(), radio, Answering::Data, now_ms) {
+        let plan = match self.choose_window_rx(c.phy_len(), radio, rx, Answering::Data, now_ms) {
             Ok(p) => p,
             Err(e) => {
                 queue.window_missed();
@@ -730,13 +813,24 @@ impl Scheduler {
         queue: &mut DownlinkQueue,
         now_ms: u64,
     ) -> Result<Option<ScheduledDownlink>, ScheduleError> {
+        let rx = self.rx;
+        self.class_c_rx(queue, &rx, now_ms)
+    }
+
+    /// [`Scheduler::class_c`] on the RX2 settings the device accepted.
+    pub fn class_c_rx(
+        &mut self,
+        queue: &mut DownlinkQueue,
+        rx: &RxSettings,
+        now_ms: u64,
+    ) -> Result<Option<ScheduledDownlink>, ScheduleError> {
         if queue.class != DeviceClass::C {
             return Ok(None);
         }
         let Some(c) = queue.compose(false, now_ms) else {
             return Ok(None);
         };
-        let params = self.region.class_c(&self.rx).map_err(ScheduleError::Region)?;
+        let params = self.region.class_c(rx).map_err(ScheduleError::Region)?;
         let len = c.phy_len();
         let dr: DataRate = params.data_rate();
         if len > dr.max_phy_payload() {

@@ -11,6 +11,7 @@
 //! [`airtime`] and [`dutycycle`]. Join requests given to `Sessions::accept_uplink` still get
 //! [`UplinkError::NotUplinkData`]: the caller routes MType JoinRequest to [`JoinServer`].
 
+pub mod adr;
 pub mod airtime;
 pub mod dedup;
 pub mod downlink;
@@ -18,10 +19,13 @@ pub mod dutycycle;
 pub mod join;
 pub mod lifecycle;
 pub mod mac;
+pub mod mac_down;
+pub mod mac_engine;
 pub mod region;
 pub mod session;
 pub mod uplink;
 
+pub use adr::AdrConfig;
 pub use dedup::Dedup;
 pub use downlink::{
     DeviceClass, DownlinkEvent, DownlinkFrame, DownlinkQueue, QueueConfig, ScheduleError, ScheduledDownlink, Scheduler,
@@ -29,6 +33,8 @@ pub use downlink::{
 pub use dutycycle::{DutyCycle, DutyCycleError, SubBand};
 pub use join::{DevAddrAllocator, JoinContext, JoinError, JoinOutcome, JoinServer, NetId, OtaaDevice, SessionKeys};
 pub use mac::{parse_mac_uplink, MacCommand, MacParseError};
+pub use mac_down::MacRequest;
+pub use mac_engine::{MacConfig, MacEngine, MacState, MacStatus};
 pub use region::{Eu868, RxSettings, TxParams, UplinkRadio, Window};
 pub use session::Sessions;
 pub use uplink::{MType, Uplink, UplinkError};

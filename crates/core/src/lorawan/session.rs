@@ -129,6 +129,11 @@ impl Sessions {
     }
 
     /// True when a session uses this DevAddr (for the OTAA address allocator).
+    /// The devices with a session at this address (usually one).
+    pub fn devices_at(&self, addr: DevAddr) -> impl Iterator<Item = &str> {
+        self.by_addr.get(&addr).into_iter().flatten().map(|s| s.device.as_str())
+    }
+
     pub fn dev_addr_in_use(&self, addr: DevAddr) -> bool {
         self.by_addr.contains_key(&addr)
     }
@@ -183,6 +188,7 @@ impl Sessions {
             mac_error,
             confirmed,
             adr: fctrl & 0x80 != 0,
+            adr_ack_req: fctrl & 0x40 != 0,
             ack: fctrl & 0x20 != 0,
             fcnt_reset: reset,
         })

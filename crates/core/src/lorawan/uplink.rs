@@ -79,6 +79,8 @@ pub struct Uplink {
     pub mac_error: Option<MacParseError>,
     pub confirmed: bool,
     pub adr: bool,
+    /// ADRACKReq (FCtrl bit 6): the device wants a downlink to know the network still hears it.
+    pub adr_ack_req: bool,
     pub ack: bool,
     /// True when a `relax_fcnt` device was accepted with a counter lower than its last one (a restart).
     pub fcnt_reset: bool,
