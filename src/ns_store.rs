@@ -1,11 +1,12 @@
 //! The network server's state in the store: what the pipeline writes from the network server's
 //! outputs ([`persist_into`]), and how the network server gets its devices' state back at start
-//! ([`restore`]): sessions current and retired, counters, last-heard routes, used nonces, and the
-//! sessions of removed devices. Shell code (it reads the store); the rules it applies are the pure
+//! ([`restore`]): sessions current and retired, counters, last-heard routes, MAC states (accepted
+//! settings, pending MAC requests), used nonces, and the sessions of removed devices. Shell code (it reads the store); the rules it applies are the pure
 //! network server's (`NetworkServer::restore_device`, `lorawan::lifecycle`).
 
 use crate::ingest::Origin;
 use crate::lorawan::lifecycle::Counters;
+use crate::lorawan::MacState;
 use crate::netserver::{DeviceInfo, NetworkServer, Output, Persist, Provisioning, StoredDevice};
 use crate::store::{Batch, Store, StoreError, StoredRoute};
 
@@ -27,6 +28,7 @@ pub fn persist_into(batch: &mut Batch, persist: Vec<Persist>, sources: &[String]
             }
             Persist::DevNonce { dev_eui, nonce } => batch.add_dev_nonce(dev_eui, nonce),
             Persist::JoinNonce { next } => batch.set_join_nonce(next),
+            Persist::MacState { device, state } => batch.set_mac_state(&device, state.map(|s| s.to_bytes())),
         }
     }
 }
@@ -44,6 +46,7 @@ pub fn restore(
     let mut fcnts = store.fcnts()?;
     let mut fcnts_down = store.fcnts_down()?;
     let routes = store.routes()?;
+    let mut macs = store.mac_states()?;
     let origin_of = |r: &StoredRoute| {
         let source = sources.iter().position(|s| *s == r.source)?;
         Some(Origin { source, gateway: r.gateway })
@@ -55,6 +58,13 @@ pub fn restore(
             fcnt_up: fcnts.remove(&name),
             fcnt_down: fcnts_down.remove(&name),
             route: routes.get(&name).and_then(origin_of),
+            mac: macs.remove(&name).and_then(|b| {
+                let state = MacState::from_bytes(&b);
+                if state.is_none() {
+                    tracing::error!(device = %name, bytes = b.len(), "stored MAC state unreadable: starts afresh");
+                }
+                state
+            }),
         };
         let o = ns.restore_device(&name, info, prov, stored);
         out.persist.extend(o.persist);

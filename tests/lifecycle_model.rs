@@ -137,7 +137,7 @@ fn ns_config() -> NsConfig {
 }
 
 fn info(profile: &str) -> DeviceInfo {
-    DeviceInfo { profile: profile.into(), class: DeviceClass::C }
+    DeviceInfo { profile: profile.into(), class: DeviceClass::C, adr: true }
 }
 
 fn abp_prov(key: usize) -> Provisioning {

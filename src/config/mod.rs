@@ -6,6 +6,7 @@
 //! - `spans`, `collect`: key paths, positions in the spanned document, serde with error collection.
 //! - `validate`: the pipeline and the checks of values and cross-references (`power_fail`: the
 //!   `[power_fail]` input's, including pins used twice).
+//! - [`mac`]: `[lorawan.adr]` and `[lorawan.mac]` (ADR and the MAC command engine) and their checks.
 //! - [`problem`]: [`ConfigProblem`] and [`ConfigErrors`].
 //!
 //! Invariant: no key material ever appears in an error message, a `Debug` output or
@@ -15,6 +16,7 @@
 
 mod collect;
 mod keypath;
+pub mod mac;
 mod power_fail;
 pub mod problem;
 pub mod radio;

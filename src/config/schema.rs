@@ -209,6 +209,12 @@ pub struct LorawanConfig {
     /// Minimum lead time before a class A receive window (network + forwarder latency).
     #[serde(default = "default_min_lead_ms")]
     pub min_lead_ms: u64,
+    /// `[lorawan.adr]`: adaptive data rate.
+    #[serde(default)]
+    pub adr: super::mac::AdrSection,
+    /// `[lorawan.mac]`: the MAC command engine.
+    #[serde(default)]
+    pub mac: super::mac::MacSection,
 }
 
 fn default_net_id() -> String {
@@ -251,6 +257,8 @@ impl Default for LorawanConfig {
             class_c_ack_timeout_s: default_class_c_ack_timeout_s(),
             dev_status_interval_s: default_dev_status_interval_s(),
             min_lead_ms: default_min_lead_ms(),
+            adr: Default::default(),
+            mac: Default::default(),
         }
     }
 }
@@ -514,6 +522,9 @@ pub struct DeviceConfig {
     pub class: DeviceClass,
     #[serde(default)]
     pub relax_fcnt: bool,
+    /// ADR for this device when it asks for it (the ADR bit) and `[lorawan.adr]` is enabled.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub adr: bool,
     /// A waste container: its geometry gives `fill_pct` and the `container_full` / `container_emptied` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<crate::events::ContainerGeometry>,
@@ -588,3 +599,11 @@ pub type DemandResponseConfig = crate::control::demand::params::DemandParams;
 /// `[[demand_response.load]]`.
 pub type LoadConfig = crate::control::demand::params::LoadParams;
 pub use crate::control::demand::params::LoadKind;
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}

@@ -842,4 +842,5 @@ fn check_lorawan(doc: &Doc<'_>, l: &LorawanConfig, sink: &mut Sink) {
     if l.min_lead_ms > 900 {
         doc.problem(sink, p.key("min_lead_ms"), "must be at most 900 ms (RX1 opens 1 s after the uplink)");
     }
+    super::mac::check(doc, &l.adr, &l.mac, sink);
 }

@@ -75,6 +75,8 @@ pub struct MetricsSnapshot {
     pub health: Option<HealthReport>,
     pub process: Option<ProcessStats>,
     pub gauges: Vec<ExtraGauge>,
+    /// Further counters, in the same form as `gauges`.
+    pub extra_counters: Vec<ExtraGauge>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,6 +547,10 @@ pub fn render(s: &MetricsSnapshot) -> String {
     for g in &s.gauges {
         let name = format!("{PREFIX}{}", g.name);
         m.add_owned(&name, Gauge, &g.help, g.labels.clone(), Val::Float(g.value));
+    }
+    for g in &s.extra_counters {
+        let name = format!("{PREFIX}{}", g.name);
+        m.add_owned(&name, Counter, &g.help, g.labels.clone(), Val::Float(g.value));
     }
     if let Some(p) = &s.process {
         m.add("process_cpu_seconds_total", Counter, "user and system CPU time spent in seconds", &[], p.cpu_seconds);

@@ -9,5 +9,6 @@ pub mod executor;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod mac_view;
 pub mod metrics;
 pub mod status_page;

@@ -69,6 +69,7 @@ pub fn render(view: &StatusView) -> String {
     sources(&mut h, &view.sources, now);
     devices(&mut h, &view.devices, now);
     device_problems(&mut h, view.control.get("lorawan").unwrap_or(&Value::Null));
+    crate::ops::mac_view::section(&mut h, view.control.get("lorawan").unwrap_or(&Value::Null));
     lighting(&mut h, view.control.get("lighting").unwrap_or(&Value::Null), now);
     demand(&mut h, view.control.get("demand_response").unwrap_or(&Value::Null), now);
     traffic(&mut h, &view.counters);

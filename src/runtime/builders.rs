@@ -82,6 +82,7 @@ pub(super) fn build_network_server(
         min_lead_ms: l.min_lead_ms,
     })
     .map_err(|e| anyhow::anyhow!("lorawan: {e}"))?;
+    ns.set_mac_options(l.adr.to_core(), l.mac.max_tries, l.mac.abp_channels_hz.clone());
     let mut devices = Vec::new();
     for d in &config.device {
         let loaded = provisioning(d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name)).and_then(|p| {
@@ -182,7 +183,7 @@ pub(super) fn provisioning(d: &crate::config::DeviceConfig) -> Result<(DeviceInf
         crate::config::DeviceClass::A => DeviceClass::A,
         crate::config::DeviceClass::C => DeviceClass::C,
     };
-    let info = DeviceInfo { profile: d.profile.clone(), class };
+    let info = DeviceInfo { profile: d.profile.clone(), class, adr: d.adr };
     let prov = match d.activation().map_err(|e| e.to_string())? {
         Activation::Abp { dev_addr, nwk_s_key, app_s_key } => {
             if d.relax_fcnt {

@@ -235,6 +235,7 @@ impl Daemon {
 
         let metrics_fn = metrics_fn(
             config,
+            board.clone(),
             store.clone(),
             counters.clone(),
             commands.clone(),

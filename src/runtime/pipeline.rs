@@ -26,6 +26,7 @@ use crate::bus::{Control, DeviceChange, IngestRequest, Quarantined, SourceDownli
 use crate::counters::Counters;
 use crate::district::{Answer, District, Effects, Input, Message, Received};
 use crate::durability::SyncPolicy;
+use crate::lorawan::mac_engine::MacEvent;
 use crate::netserver::Note;
 use crate::ops::commands::RefusalCode;
 use crate::store::{Batch, Record, Store};
@@ -550,5 +551,22 @@ fn note(n: Note) {
         Note::DownlinksDropped { device, count, reason } => {
             tracing::warn!(%device, count, reason, "queued downlinks dropped: their session's keys are gone");
         }
+        Note::Mac { device, event } => mac_note(&device, event),
+    }
+}
+
+/// A log line for a MAC engine event (requests carry settings, never keys).
+fn mac_note(device: &str, event: MacEvent) {
+    match event {
+        MacEvent::Accepted { req } => tracing::info!(%device, ?req, "MAC request accepted"),
+        MacEvent::Refused { req, status } => tracing::warn!(%device, ?req, status, "MAC request refused"),
+        MacEvent::Dropped { req, tries } => {
+            tracing::warn!(%device, ?req, tries, "MAC request not answered: dropped")
+        }
+        MacEvent::Unexpected { cid } => tracing::debug!(%device, cid, "MAC answer without a request"),
+        MacEvent::AdrRequested { decision: d } => tracing::info!(
+            %device, margin_db = d.margin_db, steps = d.steps, from_dr = d.from.dr, to_dr = d.to.dr,
+            to_tx_power = d.to.tx_power, nb_trans = d.to.nb_trans, "ADR: LinkADRReq queued"
+        ),
     }
 }

@@ -10,8 +10,10 @@ use crate::counters::Counters;
 use crate::io::status::SourceStatus;
 use crate::store::Store;
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn metrics_fn(
     config: &Config,
+    board: crate::ops::board::SharedBoard,
     store: Store,
     counters: Arc<Counters>,
     commands: Arc<crate::ops::commands::CommandCounts>,
@@ -22,6 +24,8 @@ pub(super) fn metrics_fn(
     use crate::ops::metrics::{MetricsSnapshot, ProcessStats, SourceMetrics};
     let gateway_id = config.gateway.id.clone();
     Arc::new(move || {
+        let lorawan = board.lock().ok().and_then(|b| b.control.get("lorawan").cloned()).unwrap_or_default();
+        let (gauges, extra_counters) = crate::ops::mac_view::metrics(&lorawan);
         let source_metrics = sources
             .iter()
             .map(|s| SourceMetrics {
@@ -45,6 +49,8 @@ pub(super) fn metrics_fn(
             commands: commands.snapshot(),
             health: Some(health.check()),
             process: ProcessStats::read(),
+            gauges,
+            extra_counters,
             ..MetricsSnapshot::default()
         })
     })

@@ -1,5 +1,5 @@
 //! Per-device LoRaWAN lifecycle state in the store: session records (`s/`), cleared uplink counters,
-//! last-heard routes (`r/`) and remote device changes written in the same batch as the state they
+//! last-heard routes (`r/`), MAC states (`a/`) and remote device changes written in the same batch as the state they
 //! cause. The encodings are private to this file.
 //!
 //! `s/` + device: the legacy value (36 bytes: DevAddr, NwkSKey, AppSKey of an OTAA session) or, since
@@ -16,6 +16,8 @@ use crate::keys::{DevAddr, Eui64, Key128};
 use crate::lorawan::lifecycle::{Counters, RetiredSession, SessionId, SessionRecord};
 
 const ROUTE_PREFIX: &[u8] = b"r/";
+/// The MAC engine's state of a device (the core's JSON, `MacState::to_bytes`); empty: none.
+const MAC_PREFIX: &[u8] = b"a/";
 const RECORD_V2: u8 = 2;
 const LEGACY_LEN: usize = 36;
 
@@ -108,6 +110,11 @@ impl Batch {
         self.kv.push((prefixed(ROUTE_PREFIX, device.as_bytes()), v));
     }
 
+    /// A device's MAC state (None: forgotten).
+    pub fn set_mac_state(&mut self, device: &str, state: Option<Vec<u8>>) {
+        self.kv.push((prefixed(MAC_PREFIX, device.as_bytes()), state.unwrap_or_default()));
+    }
+
     /// A remote device change (`device.upsert` / `device.remove`), in the same atomic entry as the
     /// session state it causes. See [`Store::set_remote_device`].
     pub fn set_remote_device(&mut self, name: &str, json: Option<&[u8]>) {
@@ -131,6 +138,20 @@ impl Store {
                     None => {
                         tracing::error!(device = %name, bytes = v.len(), "stored session record unreadable: ignored")
                     }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Each device's MAC state as stored (decoded by the core).
+    pub fn mac_states(&self) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        self.read_state(|tree| {
+            let mut out = HashMap::new();
+            for item in tree.scan_prefix(MAC_PREFIX) {
+                let (k, v) = item?;
+                if !v.is_empty() {
+                    out.insert(String::from_utf8_lossy(&k[MAC_PREFIX.len()..]).into_owned(), v.to_vec());
                 }
             }
             Ok(out)

@@ -19,6 +19,7 @@
 //! | `d/` + device name      | next FCntDown (u32 BE)                  |
 //! | `s/` + device name      | sessions: current + retired (`device_state.rs`) |
 //! | `r/` + device name      | last-heard route: gateway EUI, source name |
+//! | `a/` + device name      | MAC state: accepted settings, pending MAC requests (JSON) |
 //! | `n/` + DevEUI + nonce   | a used DevNonce (empty value)           |
 //! | `m/join_nonce`          | the next JoinNonce (u32 BE)             |
 //! | `c/` + command id       | an accepted command: forget after (ms)  |

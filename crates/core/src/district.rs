@@ -376,7 +376,8 @@ impl District {
             .map(|(device, why)| json!({"device": device, "reason": why.reason()}))
             .collect();
         let lorawan = json!({"devices": self.ns.device_count(), "sessions": self.ns.session_count(),
-            "queued_downlinks": self.ns.queued_downlinks(), "waiting_for_route": waiting});
+            "queued_downlinks": self.ns.queued_downlinks(), "waiting_for_route": waiting,
+            "mac": self.ns.mac_report()});
         let mut status = self.loops.status(now);
         if let Some(o) = status.as_object_mut() {
             o.insert("lorawan".into(), lorawan);

@@ -300,6 +300,18 @@ impl NetworkServer {
         self.mac.counts()
     }
 
+    /// For `status`: each device's MAC view (data rate, TX power, NbTrans, SNR margin, pending
+    /// requests, last ADR decision) and the engine's counts since start.
+    pub fn mac_report(&self) -> Value {
+        let devices: Map<String, Value> = self
+            .mac
+            .devices()
+            .into_iter()
+            .filter_map(|d| Some((d.to_string(), serde_json::to_value(self.mac.status(d)?).ok()?)))
+            .collect();
+        serde_json::json!({"devices": devices, "counts": self.mac.counts()})
+    }
+
     /// Queues a MAC request for the device's next class A window (after its next uplink), e.g.
     /// `MacRequest::RxTimingSetup { delay_s: 2 }`. The output carries the state to persist.
     pub fn enqueue_mac(&mut self, device: &str, req: MacRequest) -> Result<Output, MacEnqueueError> {

@@ -1,0 +1,135 @@
+//! ADR and MAC commands on `/metrics` and the status page, from the network server's part of the
+//! status (`lorawan.mac`: per device data rate, TX power, NbTrans, SNR margin, pending requests, last
+//! ADR decision; the engine's counts since start).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::ops::metrics::ExtraGauge;
+use crate::ops::status_page::esc;
+
+/// Per-device gauges and the engine's counters.
+pub fn metrics(lorawan: &Value) -> (Vec<ExtraGauge>, Vec<ExtraGauge>) {
+    let mut gauges = Vec::new();
+    let devices = lorawan.pointer("/mac/devices").and_then(Value::as_object);
+    for (device, d) in devices.into_iter().flatten() {
+        let mut g = |name: &str, help: &str, v: Option<f64>| {
+            if let Some(value) = v {
+                let labels = vec![("device".to_string(), device.clone())];
+                gauges.push(ExtraGauge { name: name.into(), help: help.into(), labels, value });
+            }
+        };
+        let f = |k: &str| d.get(k).and_then(Value::as_f64);
+        g("lorawan_device_data_rate", "data rate (EU868 DR) of the device's last uplink", f("dr"));
+        g(
+            "lorawan_device_tx_power_index",
+            "TXPower index the device accepted (0 = max EIRP, 2 dB steps)",
+            f("tx_power"),
+        );
+        g("lorawan_device_nb_trans", "transmissions per uplink the device accepted (NbTrans)", f("nb_trans"));
+        g(
+            "lorawan_device_snr_margin_db",
+            "best SNR of the last uplinks above what the data rate needs, less the installation margin",
+            f("snr_margin_db"),
+        );
+        let pending = d.get("pending").and_then(Value::as_array).map(|p| p.len() as f64);
+        g("lorawan_device_mac_pending", "MAC requests waiting for the device's answer", pending);
+    }
+    let mut counters = Vec::new();
+    let counts = lorawan.pointer("/mac/counts").and_then(Value::as_object);
+    for (k, v) in counts.into_iter().flatten() {
+        if let Some(value) = v.as_f64() {
+            counters.push(ExtraGauge {
+                name: "lorawan_mac_total".into(),
+                help: "MAC engine since start: requests sent, accepted, refused, dropped unanswered, unexpected \
+                       answers, ADR requests, DeviceTimeAns, downlinks forced by ADRACKReq or sticky answers"
+                    .into(),
+                labels: vec![("kind".into(), k.clone())],
+                value,
+            });
+        }
+    }
+    (gauges, counters)
+}
+
+/// The "ADR and MAC commands" table (nothing when no device has a MAC state).
+pub fn section(h: &mut String, lorawan: &Value) {
+    let Some(devices) = lorawan.pointer("/mac/devices").and_then(Value::as_object).filter(|d| !d.is_empty()) else {
+        return;
+    };
+    let _ = writeln!(h, "<h2>ADR and MAC commands ({})</h2>", devices.len());
+    h.push_str(
+        "<table id=\"mac\"><tr><th>name</th><th class=\"n\">DR</th><th class=\"n\">TX power</th>\
+         <th class=\"n\">NbTrans</th><th class=\"n\">SNR margin</th><th>pending</th><th>last ADR decision</th></tr>\n",
+    );
+    for (name, d) in devices {
+        let num = |k: &str| d.get(k).and_then(Value::as_f64);
+        let text =
+            |v: Option<f64>, unit: &str| v.map(|x| format!("{}{unit}", (x * 10.0).round() / 10.0)).unwrap_or_default();
+        let pending: Vec<&str> =
+            d.get("pending").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let adr = d.get("last_adr").filter(|v| !v.is_null()).map_or_else(String::new, |a| {
+            let n = |k: &str| a.pointer(k).and_then(Value::as_f64).unwrap_or(0.0);
+            format!(
+                "margin {} dB, {} steps: DR{} → DR{}, power {} → {}, NbTrans {}",
+                (n("/margin_db") * 10.0).round() / 10.0,
+                n("/steps"),
+                n("/from/dr"),
+                n("/to/dr"),
+                n("/from/tx_power"),
+                n("/to/tx_power"),
+                n("/to/nb_trans")
+            )
+        });
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"mono\">{}</td><td>{}</td></tr>",
+            esc(name),
+            text(num("dr"), ""),
+            text(num("tx_power"), ""),
+            text(num("nb_trans"), ""),
+            text(num("snr_margin_db"), " dB"),
+            esc(&pending.join(", ")),
+            esc(&adr),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lorawan() -> Value {
+        json!({"mac": {"devices": {"meter-<1>": {"dr": 5, "tx_power": 1, "nb_trans": 1, "snr_margin_db": 2.5,
+            "pending": ["link_adr_req"], "last_adr": {"margin_db": 20.0, "steps": 6, "from": {"dr": 0, "tx_power": 0,
+            "nb_trans": 1}, "to": {"dr": 5, "tx_power": 1, "nb_trans": 1}}}},
+            "counts": {"requests_sent": 3, "dropped": 1}}})
+    }
+
+    #[test]
+    fn gauges_per_device_and_counters() {
+        let (g, c) = metrics(&lorawan());
+        let value = |n: &str| g.iter().find(|x| x.name == n).map(|x| x.value);
+        assert_eq!(value("lorawan_device_data_rate"), Some(5.0));
+        assert_eq!(value("lorawan_device_mac_pending"), Some(1.0));
+        assert_eq!(value("lorawan_device_snr_margin_db"), Some(2.5));
+        assert_eq!(c.len(), 2);
+        assert_eq!(metrics(&Value::Null), (vec![], vec![]));
+    }
+
+    #[test]
+    fn section_escapes_and_shows_the_decision() {
+        let mut h = String::new();
+        section(&mut h, &lorawan());
+        assert!(h.contains("meter-&lt;1&gt;"));
+        assert!(h.contains("DR0 → DR5"));
+        assert!(h.contains("link_adr_req"));
+        let mut empty = String::new();
+        section(&mut empty, &Value::Null);
+        assert!(empty.is_empty());
+    }
+}
