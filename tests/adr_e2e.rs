@@ -93,7 +93,8 @@ impl Forwarder {
 
 /// The LinkADRReq in a downlink (FOpts, or the FPort-0 payload), read with the `lorawan` crate.
 fn link_adr_req(phy: &[u8]) -> Option<AdrReq> {
-    let dl = open_downlink(phy, &Key128::new(NWK), &Key128::new(APP)).expect("MIC and decryption with the session keys");
+    let dl =
+        open_downlink(phy, &Key128::new(NWK), &Key128::new(APP)).expect("MIC and decryption with the session keys");
     assert!(dl.ack, "the confirmed uplink is acknowledged");
     assert!(dl.fopts.len() <= 15);
     let mac = if dl.f_port == Some(0) { dl.payload } else { dl.fopts };
