@@ -411,3 +411,40 @@ fn power_fail_input() {
     }
     assert!(parse(&format!("{radio}[power_fail]\npin = 6\n")).is_ok());
 }
+
+#[test]
+fn adr_and_mac_sections() {
+    let head = "[gateway]\nid = \"g\"\n[mqtt]\nurl = \"mqtt://h\"\n";
+    let parse = |body: &str| parse_str(&format!("{head}{body}"), "t.toml", Path::new(""));
+    let d = parse("").unwrap();
+    assert_eq!(d.lorawan.adr, mac::AdrSection { enabled: true, margin_db: 10.0, min_dr: 0, max_dr: 5 });
+    assert_eq!(d.lorawan.mac, mac::MacSection { max_tries: 3, abp_channels_hz: vec![] });
+    let c = parse(
+        "[lorawan.adr]\nenabled = false\nmargin_db = 15.0\nmin_dr = 1\nmax_dr = 4\n\
+         [lorawan.mac]\nmax_tries = 5\nabp_channels_hz = [867100000, 867300000]\n",
+    )
+    .unwrap();
+    assert_eq!(c.lorawan.adr, mac::AdrSection { enabled: false, margin_db: 15.0, min_dr: 1, max_dr: 4 });
+    assert_eq!(c.lorawan.mac.abp_channels_hz, [867_100_000, 867_300_000]);
+    let shown: Config = toml::from_str(&c.redacted_toml()).unwrap();
+    assert_eq!(shown.lorawan, c.lorawan);
+
+    // Problems at their positions (line 5 is `[lorawan.adr]`).
+    let ps = parse("[lorawan.adr]\nmargin_db = 40.0\nmin_dr = 7\nmax_dr = 6\n[lorawan.mac]\nmax_tries = 0\nabp_channels_hz = [915000000]\n")
+        .unwrap_err()
+        .0;
+    let m = find(&ps, "lorawan.adr.margin_db");
+    assert_eq!((m.line, m.message.as_str()), (6, "must be 0..=30 dB"));
+    assert!(find(&ps, "lorawan.adr.max_dr").message.contains("DR5 = SF7"));
+    assert!(find(&ps, "lorawan.adr.min_dr").message.contains("max_dr (6)"));
+    assert_eq!(find(&ps, "lorawan.mac.max_tries").line, 10);
+    let ch = find(&ps, "lorawan.mac.abp_channels_hz[0]");
+    assert!(ch.message.contains("915000000 Hz"), "{}", ch.message);
+    assert_eq!(ps.len(), 5, "{}", ConfigErrors(ps.clone()));
+
+    // The per-device switch.
+    let dev = "[[device]]\nname = \"m\"\ndev_addr = \"26011234\"\nnwk_s_key = \"000102030405060708090a0b0c0d0e0f\"\n\
+               app_s_key = \"000102030405060708090a0b0c0d0e0f\"\n";
+    assert!(parse(dev).unwrap().device[0].adr);
+    assert!(!parse(&format!("{dev}adr = false\n")).unwrap().device[0].adr);
+}

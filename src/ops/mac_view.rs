@@ -2,12 +2,9 @@
 //! status (`lorawan.mac`: per device data rate, TX power, NbTrans, SNR margin, pending requests, last
 //! ADR decision; the engine's counts since start).
 
-use std::fmt::Write as _;
-
 use serde_json::Value;
 
 use crate::ops::metrics::ExtraGauge;
-use crate::ops::status_page::esc;
 
 /// Per-device gauges and the engine's counters.
 pub fn metrics(lorawan: &Value) -> (Vec<ExtraGauge>, Vec<ExtraGauge>) {
@@ -53,49 +50,47 @@ pub fn metrics(lorawan: &Value) -> (Vec<ExtraGauge>, Vec<ExtraGauge>) {
     (gauges, counters)
 }
 
-/// The "ADR and MAC commands" table (nothing when no device has a MAC state).
-pub fn section(h: &mut String, lorawan: &Value) {
-    let Some(devices) = lorawan.pointer("/mac/devices").and_then(Value::as_object).filter(|d| !d.is_empty()) else {
-        return;
-    };
-    let _ = writeln!(h, "<h2>ADR and MAC commands ({})</h2>", devices.len());
-    h.push_str(
-        "<table id=\"mac\"><tr><th>name</th><th class=\"n\">DR</th><th class=\"n\">TX power</th>\
-         <th class=\"n\">NbTrans</th><th class=\"n\">SNR margin</th><th>pending</th><th>last ADR decision</th></tr>\n",
-    );
-    for (name, d) in devices {
-        let num = |k: &str| d.get(k).and_then(Value::as_f64);
-        let text =
-            |v: Option<f64>, unit: &str| v.map(|x| format!("{}{unit}", (x * 10.0).round() / 10.0)).unwrap_or_default();
-        let pending: Vec<&str> =
-            d.get("pending").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-        let adr = d.get("last_adr").filter(|v| !v.is_null()).map_or_else(String::new, |a| {
-            let n = |k: &str| a.pointer(k).and_then(Value::as_f64).unwrap_or(0.0);
-            format!(
-                "margin {} dB, {} steps: DR{} → DR{}, power {} → {}, NbTrans {}",
-                (n("/margin_db") * 10.0).round() / 10.0,
-                n("/steps"),
-                n("/from/dr"),
-                n("/to/dr"),
-                n("/from/tx_power"),
-                n("/to/tx_power"),
-                n("/to/nb_trans")
-            )
-        });
-        let _ = writeln!(
-            h,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-             <td class=\"n\">{}</td><td class=\"mono\">{}</td><td>{}</td></tr>",
-            esc(name),
-            text(num("dr"), ""),
-            text(num("tx_power"), ""),
-            text(num("nb_trans"), ""),
-            text(num("snr_margin_db"), " dB"),
-            esc(&pending.join(", ")),
-            esc(&adr),
-        );
-    }
-    h.push_str("</table>\n");
+/// Column headings of the status page's "ADR and MAC commands" table.
+pub const COLUMNS: [&str; 7] = ["name", "DR", "TX power", "NbTrans", "SNR margin", "pending", "last ADR decision"];
+
+/// The rows of the "ADR and MAC commands" table as plain text, one per device with a MAC state (the
+/// status page escapes and lays them out).
+pub fn rows(lorawan: &Value) -> Vec<[String; 7]> {
+    let devices = lorawan.pointer("/mac/devices").and_then(Value::as_object);
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    devices
+        .into_iter()
+        .flatten()
+        .map(|(name, d)| {
+            let text = |k: &str, unit: &str| {
+                d.get(k).and_then(Value::as_f64).map(|x| format!("{}{unit}", round(x))).unwrap_or_default()
+            };
+            let pending: Vec<&str> =
+                d.get("pending").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+            let adr = d.get("last_adr").filter(|v| !v.is_null()).map_or_else(String::new, |a| {
+                let n = |k: &str| a.pointer(k).and_then(Value::as_f64).unwrap_or(0.0);
+                format!(
+                    "margin {} dB, {} steps: DR{} → DR{}, power {} → {}, NbTrans {}",
+                    round(n("/margin_db")),
+                    n("/steps"),
+                    n("/from/dr"),
+                    n("/to/dr"),
+                    n("/from/tx_power"),
+                    n("/to/tx_power"),
+                    n("/to/nb_trans")
+                )
+            });
+            [
+                name.clone(),
+                text("dr", ""),
+                text("tx_power", ""),
+                text("nb_trans", ""),
+                text("snr_margin_db", " dB"),
+                pending.join(", "),
+                adr,
+            ]
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -122,14 +117,12 @@ mod tests {
     }
 
     #[test]
-    fn section_escapes_and_shows_the_decision() {
-        let mut h = String::new();
-        section(&mut h, &lorawan());
-        assert!(h.contains("meter-&lt;1&gt;"));
-        assert!(h.contains("DR0 → DR5"));
-        assert!(h.contains("link_adr_req"));
-        let mut empty = String::new();
-        section(&mut empty, &Value::Null);
-        assert!(empty.is_empty());
+    fn rows_show_the_state_and_the_decision() {
+        let rows = rows(&lorawan());
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0][..5], ["meter-<1>", "5", "1", "1", "2.5 dB"].map(String::from));
+        assert_eq!(rows[0][5], "link_adr_req");
+        assert!(rows[0][6].contains("DR0 → DR5"), "{}", rows[0][6]);
+        assert!(super::rows(&Value::Null).is_empty());
     }
 }

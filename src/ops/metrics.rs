@@ -822,6 +822,12 @@ pub(crate) mod tests {
                 },
                 ExtraGauge { name: "bad name".into(), help: String::new(), labels: vec![], value: 1.0 },
             ],
+            extra_counters: vec![ExtraGauge {
+                name: "lorawan_mac_total".into(),
+                help: "MAC engine".into(),
+                labels: vec![("kind".into(), "accepted".into())],
+                value: 2.0,
+            }],
         }
     }
 

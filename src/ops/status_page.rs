@@ -69,7 +69,7 @@ pub fn render(view: &StatusView) -> String {
     sources(&mut h, &view.sources, now);
     devices(&mut h, &view.devices, now);
     device_problems(&mut h, view.control.get("lorawan").unwrap_or(&Value::Null));
-    crate::ops::mac_view::section(&mut h, view.control.get("lorawan").unwrap_or(&Value::Null));
+    mac(&mut h, view.control.get("lorawan").unwrap_or(&Value::Null));
     lighting(&mut h, view.control.get("lighting").unwrap_or(&Value::Null), now);
     demand(&mut h, view.control.get("demand_response").unwrap_or(&Value::Null), now);
     traffic(&mut h, &view.counters);
@@ -274,6 +274,28 @@ fn device_problems(h: &mut String, lorawan: &Value) {
             text("device"),
             text("reason")
         );
+    }
+    h.push_str("</table>\n");
+}
+
+/// ADR and MAC commands per device (`ops::mac_view`), when any device has a MAC state.
+fn mac(h: &mut String, lorawan: &Value) {
+    let rows = crate::ops::mac_view::rows(lorawan);
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(h, "<h2>ADR and MAC commands ({})</h2>", rows.len());
+    h.push_str("<table id=\"mac\"><tr>");
+    for c in crate::ops::mac_view::COLUMNS {
+        let _ = write!(h, "<th>{}</th>", esc(c));
+    }
+    h.push_str("</tr>\n");
+    for r in rows {
+        h.push_str("<tr>");
+        for cell in r {
+            let _ = write!(h, "<td>{}</td>", esc(&cut(&cell)));
+        }
+        h.push_str("</tr>\n");
     }
     h.push_str("</table>\n");
 }
@@ -753,6 +775,7 @@ mod tests {
         v.control["lighting"]["<z>"] = json!({"lamps": {"<l>": {"level_pct": 250, "reason": "<r>"}}, "mode": "<m>"});
         v.control["demand_response"]["events"] = json!(["<e>"]);
         v.counters.push(("<c>".into(), 1));
+        v.control["lorawan"] = json!({"mac": {"devices": {"<m>": {"pending": ["<pend>"], "dr": 5}}}});
         let html = render(&v);
         for raw in [
             "<gw>",
@@ -768,9 +791,11 @@ mod tests {
             "<m>",
             "<e>",
             "<c>",
+            "<pend>",
         ] {
             assert!(!html.contains(raw), "{raw} not escaped");
         }
+        assert!(html.contains("ADR and MAC commands (1)"));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("js:&quot;x&quot;.js"));
         assert!(html.contains("a&#39;b&amp;c"));

@@ -77,37 +77,33 @@ impl MacRequest {
     /// what was asked (nothing is silently masked).
     pub fn validate(&self) -> Result<(), &'static str> {
         let freq_ok = |f: u64| f % 100 == 0 && f / 100 <= 0x00FF_FFFF;
-        match *self {
-            MacRequest::LinkAdr { dr, tx_power, nb_trans, .. } => {
-                if dr > 15 || tx_power > 15 {
-                    return Err("LinkADRReq: data rate and TX power are 4-bit fields");
-                }
-                if !(1..=15).contains(&nb_trans) {
-                    return Err("LinkADRReq: NbTrans must be 1..=15");
-                }
+        let problem = match *self {
+            MacRequest::LinkAdr { dr, tx_power, .. } if dr > 15 || tx_power > 15 => {
+                "LinkADRReq: data rate and TX power are 4-bit fields"
             }
-            MacRequest::DutyCycle { max_duty_cycle } if max_duty_cycle > 15 => {
-                return Err("DutyCycleReq: MaxDCycle is 0..=15")
+            MacRequest::LinkAdr { nb_trans, .. } if !(1..=15).contains(&nb_trans) => {
+                "LinkADRReq: NbTrans must be 1..=15"
             }
-            MacRequest::RxParamSetup { rx1_dr_offset, rx2_dr, rx2_freq_hz } => {
-                if rx1_dr_offset > 5 || rx2_dr > 15 || !freq_ok(rx2_freq_hz) || rx2_freq_hz == 0 {
-                    return Err("RXParamSetupReq: offset 0..=5, data rate 0..=15, frequency in 100 Hz steps");
-                }
+            MacRequest::DutyCycle { max_duty_cycle } if max_duty_cycle > 15 => "DutyCycleReq: MaxDCycle is 0..=15",
+            MacRequest::RxParamSetup { rx1_dr_offset, rx2_dr, rx2_freq_hz }
+                if rx1_dr_offset > 5 || rx2_dr > 15 || !freq_ok(rx2_freq_hz) || rx2_freq_hz == 0 =>
+            {
+                "RXParamSetupReq: offset 0..=5, data rate 0..=15, frequency in 100 Hz steps"
             }
-            MacRequest::NewChannel { index, freq_hz, min_dr, max_dr } => {
-                if !(3..=15).contains(&index) {
-                    return Err("NewChannelReq: EU868 channels 0..=2 are fixed, index must be 3..=15");
-                }
-                if !freq_ok(freq_hz) || min_dr > max_dr || max_dr > 15 {
-                    return Err("NewChannelReq: frequency in 100 Hz steps, min_dr <= max_dr <= 15");
-                }
+            MacRequest::NewChannel { index, .. } if !(3..=15).contains(&index) => {
+                "NewChannelReq: EU868 channels 0..=2 are fixed, index must be 3..=15"
+            }
+            MacRequest::NewChannel { freq_hz, min_dr, max_dr, .. }
+                if !freq_ok(freq_hz) || min_dr > max_dr || max_dr > 15 =>
+            {
+                "NewChannelReq: frequency in 100 Hz steps, min_dr <= max_dr <= 15"
             }
             MacRequest::RxTimingSetup { delay_s } if !(1..=15).contains(&delay_s) => {
-                return Err("RXTimingSetupReq: delay is 1..=15 s")
+                "RXTimingSetupReq: delay is 1..=15 s"
             }
-            _ => {}
-        }
-        Ok(())
+            _ => return Ok(()),
+        };
+        Err(problem)
     }
 
     /// CID and payload. Call [`MacRequest::validate`] first: out-of-range fields are masked here.

@@ -314,7 +314,7 @@ impl MacEngine {
         req.validate().map_err(MacEnqueueError::Invalid)?;
         let cfg = &self.cfg;
         let s = self.states.entry(device.to_string()).or_insert_with(|| MacState::new(cfg, abp));
-        Ok(push_request(s, req)?)
+        push_request(s, req)
     }
 
     /// Another gateway's copy of the device's last uplink (dropped as a duplicate frame): ADR keeps
