@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use district_gateway::config;
-use district_gateway::io::gwmp::packet::{build_pull_data, build_push_data, RxPkOut};
+use district_gateway::io::gwmp::packet::{build_push_data, RxPkOut};
 use district_gateway::keys::{DevAddr, Eui64, Key128};
 use district_gateway::runtime::Daemon;
 use district_gateway::sim::frames::{build_uplink, open_downlink, UplinkSpec};
 use lorawan::maccommands::{parse_downlink_mac_commands, DownlinkMacCommand};
 use serde_json::Value;
-use tokio::net::UdpSocket;
 
 const GW: Eui64 = Eui64(0xaa55_5a00_0000_0043);
 const ADDR: DevAddr = DevAddr(0x2601_4d01);
@@ -37,22 +36,9 @@ struct AdrReq {
     nb_trans: u8,
 }
 
-struct Forwarder {
-    sock: UdpSocket,
-    to: std::net::SocketAddr,
-    token: u16,
-}
+use common::pull_forwarder::Forwarder;
 
 impl Forwarder {
-    async fn new(to: std::net::SocketAddr) -> Forwarder {
-        let f = Forwarder { sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(), to, token: 0 };
-        f.sock.send_to(&build_pull_data(2, [1, 0], GW), to).await.unwrap();
-        let mut b = [0u8; 64];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), f.sock.recv_from(&mut b)).await.unwrap().unwrap();
-        assert_eq!((n, b[3]), (4, 4), "PULL_ACK");
-        f
-    }
-
     /// One confirmed uplink; returns its downlink (the ACK, with whatever MAC commands ride along).
     async fn confirmed(&mut self, f_cnt: u32, sf: u8, lsnr: f64, fopts: &[u8]) -> (Value, Vec<u8>) {
         let (nwk, app) = (Key128::new(NWK), Key128::new(APP));
@@ -136,7 +122,7 @@ async fn a_strong_device_at_sf12_is_moved_to_dr5_and_not_asked_again() {
     let broker = common::Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let daemon = start(dir.path(), broker.port).await;
-    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0]).await;
+    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0], GW).await;
 
     // SF12, +10 dB: margin 10 + 20 − 10 = 20 dB → 6 steps: DR0 → DR5, then one TX power step.
     let (txpk, phy) = fwd.confirmed(0, 12, 10.0, &[]).await;
@@ -183,7 +169,7 @@ async fn a_device_whose_signal_fades_is_slowed_down() {
     let broker = common::Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let daemon = start(dir.path(), broker.port).await;
-    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0]).await;
+    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0], GW).await;
 
     // SF7 at 0 dB: margin 0 + 7.5 − 10 = −2.5 dB, inside the ±3 dB dead band: nothing to ask.
     let (_, phy) = fwd.confirmed(0, 7, 0.0, &[]).await;

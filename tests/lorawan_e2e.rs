@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use district_gateway::config;
-use district_gateway::io::gwmp::packet::{build_pull_data, build_push_data, RxPkOut};
+use district_gateway::io::gwmp::packet::{build_push_data, RxPkOut};
 use district_gateway::keys::{DevAddr, Eui64, Key128};
 use district_gateway::runtime::Daemon;
 use district_gateway::sim::frames::{build_join_request, build_uplink, open_downlink, open_join_accept, UplinkSpec};
 use district_gateway::sim::SimDevice;
 use serde_json::Value;
-use tokio::net::UdpSocket;
 
 const GW: Eui64 = Eui64(0xaa55_5a00_0000_0042);
 const APP_KEY: [u8; 16] =
@@ -23,23 +22,9 @@ const APP_KEY: [u8; 16] =
 const DEV_EUI: Eui64 = Eui64(0x70b3_d57e_d000_0001);
 const JOIN_EUI: Eui64 = Eui64(0x70b3_d57e_d000_0000);
 
-/// A packet forwarder: one socket for up- and downstream, like the Semtech forwarder with one port.
-struct Forwarder {
-    sock: UdpSocket,
-    to: std::net::SocketAddr,
-    token: u16,
-}
+use common::pull_forwarder::Forwarder;
 
 impl Forwarder {
-    async fn new(to: std::net::SocketAddr) -> Forwarder {
-        let f = Forwarder { sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(), to, token: 0 };
-        f.sock.send_to(&build_pull_data(2, [1, 0], GW), to).await.unwrap();
-        let mut b = [0u8; 64];
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), f.sock.recv_from(&mut b)).await.unwrap().unwrap();
-        assert_eq!((n, b[3]), (4, 4), "PULL_ACK");
-        f
-    }
-
     async fn push(&mut self, phy: Vec<u8>, tmst: u32) {
         self.token = self.token.wrapping_add(1);
         let rx = RxPkOut { tmst, freq_hz: 868_300_000, sf: 7, bw_khz: 125, rssi: -80, lsnr: 8.0, data: phy };
@@ -120,7 +105,7 @@ async fn an_otaa_device_joins_then_its_uplinks_are_readings_and_a_replayed_join_
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let daemon = start(dir.path(), broker.port, "").await;
-    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0]).await;
+    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0], GW).await;
     let app_key = Key128::new(APP_KEY);
 
     let join = build_join_request(JOIN_EUI, DEV_EUI, &app_key, 0x1234);
@@ -170,7 +155,7 @@ async fn an_otaa_device_joins_then_its_uplinks_are_readings_and_a_replayed_join_
     // The session and the used nonce survive a restart.
     daemon.stop().await;
     let daemon = start(dir.path(), broker.port, "").await;
-    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0]).await;
+    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0], GW).await;
     fwd.push(dev.uplink(b"after restart"), 40_000_000).await;
     fwd.push(build_join_request(JOIN_EUI, DEV_EUI, &app_key, 0x1234), 41_000_000).await;
     assert!(fwd.txpk_where(Duration::from_millis(1500), is_accept).await.is_none(), "nonce remembered across restarts");
@@ -196,7 +181,7 @@ async fn class_c_goes_out_at_once_on_rx2_and_class_a_waits_for_the_next_uplink()
     let (mut c_lamp, c_toml) = lamp(true);
     let mut a_dev = SimDevice::numbered("valve", 3, "raw");
     let daemon = start(dir.path(), broker.port, &format!("{c_toml}{}", a_dev.config_toml())).await;
-    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0]).await;
+    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0], GW).await;
 
     // Class C: the gateway must have heard the lamp once to know the route.
     fwd.push(c_lamp.uplink(&[10]), 1_000_000).await;
@@ -236,7 +221,7 @@ async fn a_confirmed_downlink_is_retried_then_reported_failed_and_an_ack_clears_
     let dir = tempfile::tempdir().unwrap();
     let mut dev = SimDevice::numbered("valve", 9, "raw");
     let daemon = start(dir.path(), broker.port, &dev.config_toml()).await;
-    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0]).await;
+    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0], GW).await;
     let failed = || daemon.counters.downlinks_failed.load(std::sync::atomic::Ordering::Relaxed);
 
     daemon.enqueue_downlink(&dev.name, 7, &[0xaa], true).await.unwrap();
@@ -304,7 +289,7 @@ async fn upsert_rejoin_restart_and_class_c_routes_survive_the_life_of_an_install
     never_toml.push_str("class = \"C\"\n");
     let extra = format!("{}{lamp_toml}{never_toml}", lifecycle_sections());
     let daemon = start(dir.path(), port, &extra).await;
-    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0]).await;
+    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0], GW).await;
     tokio::task::block_in_place(|| ops.wait_ready(&logs));
     let (nwk, app) = (lamp.nwk_s_key, lamp.app_s_key);
     let is_ack = move |phy: &[u8]| open_downlink(phy, &nwk, &app).is_ok_and(|d| d.ack);
@@ -391,7 +376,7 @@ async fn upsert_rejoin_restart_and_class_c_routes_survive_the_life_of_an_install
     daemon.stop().await;
 
     let daemon = start(dir.path(), port, &extra).await;
-    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0]).await;
+    let mut fwd = Forwarder::new(daemon.gwmp_addrs[0], GW).await;
     tokio::task::block_in_place(|| ops.wait_ready(&logs));
     let up = build_uplink(&UplinkSpec {
         dev_addr: s2.dev_addr,

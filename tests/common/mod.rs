@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod pull_forwarder;
 pub mod signed;
 
 use std::collections::HashMap;
