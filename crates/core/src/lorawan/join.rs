@@ -85,7 +85,8 @@ impl std::fmt::Debug for NetId {
     }
 }
 
-fn le24(v: u32) -> [u8; 3] {
+/// The low three bytes, little endian (frequencies in 100 Hz units in CFLists and MAC commands).
+pub(crate) fn le24(v: u32) -> [u8; 3] {
     let b = v.to_le_bytes();
     [b[0], b[1], b[2]]
 }

@@ -14,6 +14,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::lorawan::join::le24;
+
 pub const CID_LINK_ADR: u8 = 0x03;
 pub const CID_DUTY_CYCLE: u8 = 0x04;
 pub const CID_RX_PARAM_SETUP: u8 = 0x05;
@@ -135,9 +137,7 @@ impl MacRequest {
 
 /// A frequency as the 24-bit little-endian count of 100 Hz the MAC commands carry.
 fn freq24(hz: u64) -> [u8; 3] {
-    let units = u32::try_from(hz / 100).unwrap_or(u32::MAX).min(0x00FF_FFFF);
-    let b = units.to_le_bytes();
-    [b[0], b[1], b[2]]
+    le24(u32::try_from(hz / 100).unwrap_or(u32::MAX).min(0x00FF_FFFF))
 }
 
 /// DeviceTimeAns for an uplink received at `at` (LoRaWAN 1.0.3 §5.9: the time "captured at the end of

@@ -8,7 +8,8 @@
 //!
 //! OTAA and downlinks: [`join`] (join server, JoinAccept, session keys, DevAddr allocation), [`downlink`]
 //! (per-device queue, confirmed downlinks, MAC answers, window choice), and the EU868 rules in [`region`],
-//! [`airtime`] and [`dutycycle`]. Join requests given to `Sessions::accept_uplink` still get
+//! [`airtime`] and [`dutycycle`]. Network → device MAC commands: [`mac_engine`] (pending requests per
+//! device, what it accepted, the answers it is owed), [`mac_down`] (their encodings) and [`adr`]. Join requests given to `Sessions::accept_uplink` still get
 //! [`UplinkError::NotUplinkData`]: the caller routes MType JoinRequest to [`JoinServer`].
 
 pub mod adr;
