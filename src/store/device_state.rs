@@ -221,9 +221,12 @@ mod tests {
             b.set_fcnt("lamp-1", 12);
             b.set_route("lamp-1", Some(&route));
             b.set_fcnt("lamp-2", 5);
+            b.set_mac_state("lamp-1", Some(b"{\"mac\":1}".to_vec()));
+            b.set_mac_state("lamp-2", Some(b"{}".to_vec()));
             s.commit(b, chrono::Utc::now()).unwrap();
             let mut b = Batch::default();
             b.reset_fcnt("lamp-2");
+            b.set_mac_state("lamp-2", None);
             s.commit(b, chrono::Utc::now()).unwrap();
             s.flush_blocking().unwrap();
         }
@@ -233,5 +236,8 @@ mod tests {
         let f = s.fcnts().unwrap();
         assert_eq!(f.get("lamp-1"), Some(&12));
         assert_eq!(f.get("lamp-2"), None, "a reset counter reads as absent");
+        let macs = s.mac_states().unwrap();
+        assert_eq!(macs.get("lamp-1").map(Vec::as_slice), Some(&b"{\"mac\":1}"[..]));
+        assert!(!macs.contains_key("lamp-2"), "a forgotten MAC state reads as absent");
     }
 }

@@ -155,7 +155,12 @@ impl MacState {
     /// None for bytes that are not a stored state (the caller logs it and starts afresh).
     pub fn from_bytes(b: &[u8]) -> Option<MacState> {
         let s: MacState = serde_json::from_slice(b).ok()?;
-        (s.pending.len() <= MAX_PENDING && s.pending.iter().all(|p| p.req.validate().is_ok())).then_some(s)
+        let sane = s.pending.len() <= MAX_PENDING
+            && s.pending.iter().all(|p| p.req.validate().is_ok())
+            && s.rx().validate().is_ok()
+            && s.tx_power <= 15
+            && (1..=15).contains(&s.nb_trans);
+        sane.then_some(s)
     }
 
     fn has_pending(&self, cid: u8) -> bool {

@@ -258,6 +258,9 @@ fn state_round_trips_and_bad_bytes_are_refused() {
     let mut bad = s;
     bad.pending[0].req = MacRequest::RxTimingSetup { delay_s: 0 };
     assert_eq!(MacState::from_bytes(&bad.to_bytes()), None);
+    let mut bad = MacState::new(&MacConfig::default(), true);
+    bad.rx2_dr = 200;
+    assert_eq!(MacState::from_bytes(&bad.to_bytes()), None);
     assert_eq!(
         e.enqueue(DEV, false, MacRequest::LinkAdr { dr: 3, tx_power: 0, ch_mask: 7, nb_trans: 0 }),
         Err(MacEnqueueError::Invalid("LinkADRReq: NbTrans must be 1..=15"))
