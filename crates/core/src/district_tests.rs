@@ -273,6 +273,14 @@ fn a_tick_reports_status() {
     assert_eq!(status["lorawan"]["devices"], 2);
     assert_eq!(status["lorawan"]["sessions"], 2);
     assert_eq!(status["lorawan"]["queued_downlinks"], 0);
+    // Both ABP devices have a MAC state from their session's start; nothing asked yet.
+    let mac = &status["lorawan"]["mac"];
+    assert_eq!(mac["devices"][SENSOR]["pending"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        (mac["devices"][SENSOR]["tx_power"].as_u64(), mac["devices"][SENSOR]["nb_trans"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(mac["counts"]["requests_sent"], 0);
     assert!(status.get("lighting").is_some_and(|l| !l.is_null()), "{status}");
 }
 
