@@ -18,6 +18,7 @@ pub mod dutycycle;
 pub mod join;
 pub mod lifecycle;
 pub mod mac;
+pub mod multicast;
 pub mod region;
 pub mod session;
 pub mod uplink;
@@ -29,6 +30,7 @@ pub use downlink::{
 pub use dutycycle::{DutyCycle, DutyCycleError, SubBand};
 pub use join::{DevAddrAllocator, JoinContext, JoinError, JoinOutcome, JoinServer, NetId, OtaaDevice, SessionKeys};
 pub use mac::{parse_mac_uplink, MacCommand, MacParseError};
+pub use multicast::{McError, McGroup, McSent, Multicast};
 pub use region::{Eu868, RxSettings, TxParams, UplinkRadio, Window};
 pub use session::Sessions;
 pub use uplink::{MType, Uplink, UplinkError};
