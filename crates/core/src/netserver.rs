@@ -20,6 +20,7 @@ use crate::lorawan::downlink::{
 };
 use crate::lorawan::join::{DevAddrAllocator, JoinConfig, JoinContext, JoinError, JoinServer, OtaaDevice};
 use crate::lorawan::lifecycle::{Counters, Resumable, SessionId, SessionRecord};
+use crate::lorawan::multicast::Multicast;
 use crate::lorawan::region::{Eu868, TxParams, UplinkRadio};
 use crate::lorawan::{Dedup, MType, Sessions, Uplink, UplinkError};
 use crate::reading::{LoraMeta, Reading};
@@ -87,6 +88,11 @@ pub enum Persist {
     JoinNonce {
         next: u32,
     },
+    /// A multicast group's next frame counter (`lorawan::multicast`), written before its frame leaves.
+    McFcntDown {
+        group: String,
+        next: u32,
+    },
 }
 
 /// What the store had for a device at start.
@@ -139,6 +145,8 @@ pub enum DownlinkKind {
     JoinAccept,
     ClassA,
     ClassC,
+    /// To a multicast group (`device` is the group's name).
+    Multicast,
 }
 
 /// Things worth a log line, a counter or an event.
@@ -175,6 +183,12 @@ pub enum Note {
         device: String,
         count: usize,
         reason: &'static str,
+    },
+    /// A multicast group's frame was built (it leaves once its counter is on disk).
+    MulticastSent {
+        group: String,
+        f_cnt: u32,
+        airtime_us: u64,
     },
 }
 
@@ -224,6 +238,8 @@ pub struct NetworkServer {
     /// The one source that can transmit, when there is exactly one: class C devices never heard
     /// since they were installed are sent through it.
     default_route: Option<Origin>,
+    /// Multicast groups of class C devices (lamps), with their own counters.
+    multicast: Multicast,
 }
 
 impl NetworkServer {
@@ -247,6 +263,7 @@ impl NetworkServer {
             records: HashMap::new(),
             provisioning: HashMap::new(),
             default_route: None,
+            multicast: Multicast::default(),
         })
     }
 
@@ -653,6 +670,9 @@ impl NetworkServer {
             }
             self.class_c_for(&name, now_ms, &mut out);
         }
+        for group in self.multicast.pending() {
+            self.multicast_for(&group, now_ms, &mut out);
+        }
         out
     }
 
@@ -689,6 +709,9 @@ impl NetworkServer {
 
     /// The gateway reported that a downlink could not be sent (TX_ACK error).
     pub fn tx_failed(&mut self, device: &str, f_cnt_down: u32) {
+        if self.multicast.tx_failed(device, f_cnt_down) {
+            return;
+        }
         if let Some(q) = self.queues.get_mut(device) {
             q.tx_failed(f_cnt_down);
         }
@@ -791,3 +814,6 @@ fn note_event(device: &str, ev: DownlinkEvent, notes: &mut Vec<Note>, metrics: &
         }
     }
 }
+
+#[path = "netserver_multicast.rs"]
+mod multicast;
