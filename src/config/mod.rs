@@ -15,6 +15,7 @@
 
 mod collect;
 mod keypath;
+mod multicast;
 mod power_fail;
 pub mod problem;
 pub mod radio;

@@ -415,6 +415,11 @@ fn check(docs: &[&Doc<'_>], base_dir: &Path, parts: &mut Parts, sink: &mut Sink)
         }
     }
     check_lighting(main, &parts.zones, &devices, sink);
+    if let Some(l) = &parts.lorawan {
+        let zones: Vec<&ZoneConfig> = parts.zones.iter().map(|z| &z.zone).collect();
+        let devs: Vec<&DeviceConfig> = parts.devices.iter().map(|d| &d.dev).collect();
+        super::multicast::check(main, l, &zones, &devs, sink);
+    }
     if let Some(dr) = &parts.demand_response {
         check_demand_response(main, dr, &parts.loads, &meters, sink);
     }

@@ -550,5 +550,8 @@ fn note(n: Note) {
         Note::DownlinksDropped { device, count, reason } => {
             tracing::warn!(%device, count, reason, "queued downlinks dropped: their session's keys are gone");
         }
+        Note::MulticastSent { group, f_cnt, airtime_us } => {
+            tracing::debug!(%group, f_cnt, airtime_us, "multicast frame to the group")
+        }
     }
 }
