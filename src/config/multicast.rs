@@ -4,10 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::problem::Sink;
+use super::problem::{name_problem, Sink};
 use super::schema::{Config, DeviceClass, DeviceConfig, LorawanConfig, MulticastConfig, ZoneConfig};
 use super::spans::{Doc, KeyPath};
-use super::validate::name_problem;
 use crate::control::lighting::groups::LampGroup;
 use crate::lorawan::dutycycle::SubBand;
 use crate::lorawan::multicast::McGroup;
@@ -29,9 +28,17 @@ pub(super) fn check(
         if let Some(msg) = name_problem(&g.name) {
             doc.problem(sink, p.key("name"), msg);
         } else if let Some(first) = names.insert(&g.name, i) {
-            doc.problem(sink, p.key("name"), format!("duplicate group name {:?} (also lorawan.multicast[{first}])", g.name));
+            doc.problem(
+                sink,
+                p.key("name"),
+                format!("duplicate group name {:?} (also lorawan.multicast[{first}])", g.name),
+            );
         } else if by_name.contains_key(g.name.as_str()) {
-            doc.problem(sink, p.key("name"), format!("{:?} is a device's name: a group needs a name of its own", g.name));
+            doc.problem(
+                sink,
+                p.key("name"),
+                format!("{:?} is a device's name: a group needs a name of its own", g.name),
+            );
         }
         match g.dev_addr {
             None => doc.problem(sink, p.key("dev_addr"), "required key is missing (the group address, 8 hex digits)"),
@@ -52,7 +59,11 @@ pub(super) fn check(
             doc.problem(sink, p.key("data_rate"), format!("must be 0..=6 (an EU868 LoRa data rate), got {dr}"));
         }
         if g.data_rate.is_none() && DataRate::from_dr(l.rx2_dr).is_none() {
-            doc.problem(sink, p.key("data_rate"), format!("required: lorawan.rx2_dr {} is no LoRa data rate", l.rx2_dr));
+            doc.problem(
+                sink,
+                p.key("data_rate"),
+                format!("required: lorawan.rx2_dr {} is no LoRa data rate", l.rx2_dr),
+            );
         }
         if let Some(f) = g.freq_hz.filter(|f| SubBand::of(*f).is_none()) {
             doc.problem(sink, p.key("freq_hz"), format!("{f} Hz is in no EU868 sub-band (863-870 MHz)"));

@@ -425,7 +425,8 @@ fn multicast_groups() {
                 [lorawan]\nrx2_dr = 2\n";
     let keys = "nwk_s_key = \"c0ffeec0ffeec0ffeec0ffeec0ffee00\"\napp_s_key = \"c0ffeec0ffeec0ffeec0ffeec0ffee01\"\n";
     let parse = |body: &str| parse_str(&format!("{head}{body}"), "t.toml", Path::new(""));
-    let c = parse(&format!("[[lorawan.multicast]]\nname = \"zg\"\ndev_addr = \"260000ff\"\n{keys}zone = \"z\"\n")).unwrap();
+    let c =
+        parse(&format!("[[lorawan.multicast]]\nname = \"zg\"\ndev_addr = \"260000ff\"\n{keys}zone = \"z\"\n")).unwrap();
     let g = &c.multicast_groups()[0];
     assert_eq!((g.name.as_str(), g.dev_addr.0, g.data_rate, g.freq_hz), ("zg", 0x2600_00ff, 2, 869_525_000));
     assert_eq!(g.members, vec!["l1", "l2"]);
@@ -443,9 +444,21 @@ fn multicast_groups() {
         ("name = \"g\"\ndev_addr = \"260000ff\"\nzone = \"nope\"\n", "lorawan.multicast[0].zone", "nope"),
         ("name = \"g\"\ndev_addr = \"260000ff\"\n", "lorawan.multicast[0]", "either"),
         ("name = \"g\"\ndev_addr = \"260000ff\"\ndevices = [\"s1\"]\n", "lorawan.multicast[0].devices", "class C"),
-        ("name = \"g\"\ndev_addr = \"260000ff\"\ndevices = [\"x\"]\n", "lorawan.multicast[0].devices", "not a configured"),
-        ("name = \"g\"\ndev_addr = \"260000ff\"\nzone = \"z\"\ndata_rate = 7\n", "lorawan.multicast[0].data_rate", "0..=6"),
-        ("name = \"g\"\ndev_addr = \"260000ff\"\nzone = \"z\"\nfreq_hz = 915000000\n", "lorawan.multicast[0].freq_hz", "sub-band"),
+        (
+            "name = \"g\"\ndev_addr = \"260000ff\"\ndevices = [\"x\"]\n",
+            "lorawan.multicast[0].devices",
+            "not a configured",
+        ),
+        (
+            "name = \"g\"\ndev_addr = \"260000ff\"\nzone = \"z\"\ndata_rate = 7\n",
+            "lorawan.multicast[0].data_rate",
+            "0..=6",
+        ),
+        (
+            "name = \"g\"\ndev_addr = \"260000ff\"\nzone = \"z\"\nfreq_hz = 915000000\n",
+            "lorawan.multicast[0].freq_hz",
+            "sub-band",
+        ),
         ("name = \"g\"\ndev_addr = \"260000ff\"\nzone = \"z\"\nf_port = 3\n", "lorawan.multicast[0].f_port", "unknown"),
     ] {
         let ps = parse(&format!("[[lorawan.multicast]]\n{keys}{body}")).expect_err(body).0;

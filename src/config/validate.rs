@@ -8,6 +8,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::collect::{de_collect, type_name};
+pub(crate) use super::problem::name_problem;
 use super::problem::{ConfigErrors, Sink};
 use super::schema::*;
 use super::spans::{entry, split_off, Doc, KeyPath};
@@ -316,14 +317,6 @@ fn path_index(path: &KeyPath) -> usize {
 
 fn quoted_list(items: &[&str]) -> String {
     items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
-}
-
-/// `[A-Za-z0-9_.-]{1,64}`: device, source, zone, load and key names.
-pub(crate) fn name_problem(name: &str) -> Option<String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    (!ok).then(|| format!("expected 1 to 64 characters of A-Z, a-z, 0-9, `_`, `.` and `-`, got {:?}", name))
 }
 
 fn file_problem(base_dir: &Path, p: &Path) -> Option<String> {

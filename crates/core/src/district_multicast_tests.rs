@@ -74,9 +74,12 @@ fn district() -> District {
     }
     ns.set_default_route(Some(Origin { source: 0, gateway: Eui64(0) }));
     ns.set_multicast_groups(vec![group()]);
-    let mut zone = ZoneParams::default();
-    zone.lamps = (1..=LAMPS).map(|i| LampSpec::Name(lamp(i))).collect();
-    (zone.lamps_ahead, zone.lamps_behind) = (1, Some(0));
+    let zone = ZoneParams {
+        lamps: (1..=LAMPS).map(|i| LampSpec::Name(lamp(i))).collect(),
+        lamps_ahead: 1,
+        lamps_behind: Some(0),
+        ..ZoneParams::default()
+    };
     let setup = LoopsSetup {
         gateway_id: "gw-test".into(),
         latitude: Some(53.55),
@@ -139,7 +142,10 @@ fn a_zone_wide_change_is_one_multicast_frame_and_presence_stays_unicast() {
     for i in 1..=LAMPS {
         assert_eq!(v["lamps"][lamp(i)]["level_pct"], 70, "{v}");
     }
-    let fx = d.on_input(t1 + Duration::seconds(60), Input::Command { cmd: CommandName::LightingClear, args: json!({"zone": ZONE}) });
+    let fx = d.on_input(
+        t1 + Duration::seconds(60),
+        Input::Command { cmd: CommandName::LightingClear, args: json!({"zone": ZONE}) },
+    );
     assert_eq!(multicast_frames(&fx).len(), 1, "back to the schedule: the whole zone again");
 
     // Presence at lamp-02 raises lamp-02 and lamp-03 only: two unicast frames, no multicast.
@@ -156,17 +162,7 @@ fn a_zone_wide_change_is_one_multicast_frame_and_presence_stays_unicast() {
         adr: false,
         fopts: &[],
     });
-    let frame = RadioFrame {
-        phy,
-        rssi: Some(-80),
-        snr: Some(7.5),
-        freq_hz: 868_100_000,
-        sf: Some(7),
-        bw_khz: 125,
-        tmst: Some(1_000_000),
-        origin: Origin { source: 0, gateway: Eui64(0xAA55) },
-    };
-    let fx = d.on_input(t2, Input::Ingest(vec![Received::Frame(frame)]));
+    let fx = d.on_input(t2, Input::Ingest(vec![Received::Frame(super::tests::heard(phy))]));
     assert!(multicast_frames(&fx).is_empty(), "{:?}", fx.downlinks);
     assert_eq!(unicast_lamps(&fx), vec![lamp(2), lamp(3)]);
 

@@ -14,8 +14,8 @@ use crate::aggregate::{AggregateWindow, Aggregator, AggregatorState};
 use crate::commands::{CommandName, RefusalCode};
 use crate::control::demand::params::DemandParams;
 use crate::control::demand::{self, Demand};
-use crate::control::lighting::params::ZoneParams;
 use crate::control::lighting::groups::{LampDownlink, LampGroup};
+use crate::control::lighting::params::ZoneParams;
 use crate::control::lighting::{self, Lighting, Site};
 use crate::events::{
     presence_from, ContainerGeometry, ContainerTracker, Event, EventsState, SilenceWatch, TreeThresholds, TreeTracker,

@@ -41,7 +41,10 @@ fn frame_opens_with_the_group_keys_only() {
     assert_eq!(phy[5], 0);
     assert_eq!(phy.len(), OVERHEAD + 1);
     let d = open_downlink_after(&phy, &g.nwk_s_key, &g.app_s_key, Some(0x0001_0004)).unwrap();
-    assert_eq!((d.dev_addr, d.f_cnt_down, d.f_port, d.payload.as_slice()), (g.dev_addr, 0x0001_0005, Some(10), &[42][..]));
+    assert_eq!(
+        (d.dev_addr, d.f_cnt_down, d.f_port, d.payload.as_slice()),
+        (g.dev_addr, 0x0001_0005, Some(10), &[42][..])
+    );
     assert!(!d.confirmed && !d.ack && !d.f_pending && d.fopts.is_empty());
     // Another network key: the MIC fails; another application key: the level is garbage.
     assert!(open_downlink_after(&phy, &key(7), &g.app_s_key, Some(0x0001_0004)).is_err());
@@ -54,7 +57,11 @@ fn frame_opens_with_the_group_keys_only() {
 #[test]
 fn frame_verifies_with_an_independent_implementation() {
     let what = "python3 with the `cryptography` package (tests/data/open_downlink.py)";
-    if !crate::test_support::require(what, "apt-get install -y python3-cryptography", crate::test_support::python_has("cryptography")) {
+    if !crate::test_support::require(
+        what,
+        "apt-get install -y python3-cryptography",
+        crate::test_support::python_has("cryptography"),
+    ) {
         return;
     }
     let g = group();
@@ -87,7 +94,10 @@ fn counter_moves_on_with_every_frame_and_never_back() {
         m.set_pending("main-street", 10, &[i as u8]).unwrap();
         let sent = m.send_pending("main-street", 1000 * u64::from(i), &mut s).unwrap().unwrap();
         assert_eq!((sent.f_cnt, sent.next_f_cnt), (i, i + 1));
-        assert_eq!((sent.params.window, sent.params.imme, sent.params.dr, sent.params.sf), (Window::ClassC, true, 3, 9));
+        assert_eq!(
+            (sent.params.window, sent.params.imme, sent.params.dr, sent.params.sf),
+            (Window::ClassC, true, 3, 9)
+        );
         assert_eq!(sent.params.freq_hz, 869_525_000);
         assert_eq!(sent.airtime, downlink_airtime(9, 125, sent.phy.len()));
     }
