@@ -147,6 +147,11 @@ async fn a_zone_step_is_one_multicast_frame_the_lamps_follow_and_its_counter_sur
     assert!(!text_of_status.contains(MC_NWK) && !text_of_status.contains(MC_APP), "keys in status: {status}");
     let frames = daemon.counters.multicast_frames.load(std::sync::atomic::Ordering::Relaxed);
     assert!(frames >= 2, "multicast_frames = {frames}");
+    let port = daemon.http_addr.port();
+    let (code, metrics) = tokio::task::block_in_place(|| common::http::http_get(port, "/metrics")).expect("/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains(&format!("district_gateway_multicast_frames_total {frames}")), "{metrics}");
+    assert!(metrics.contains("district_gateway_multicast_airtime_microseconds_total "), "{metrics}");
     daemon.stop().await;
 
     // A restart on the same data dir: the start's step goes out again, under a higher counter.

@@ -11,6 +11,7 @@ cases=(
   "durability:a_full_disk_applies_the_policy_counts_exactly_and_recovers"
   "ops_e2e:commands::signed_commands_are_checked_and_every_refusal_changes_nothing"
   "lib=district_core:commands::tests::sign_command_script_when_available"
+  "lib=district_core:lorawan::multicast::tests::frame_verifies_with_an_independent_implementation"
 )
 targets=()
 for c in "${cases[@]}"; do
