@@ -17,7 +17,7 @@ targets=()
 for c in "${cases[@]}"; do
   t=${c%%:*}
   case "$t" in
-    lib=*) targets+=(--lib) ;;
+    lib=*) [[ " ${targets[*]-} " == *" --lib "* ]] || targets+=(--lib) ;; # once, however many lib cases
     *) targets+=(--test "$t") ;;
   esac
 done
