@@ -46,6 +46,8 @@ counters! {
     downlinks_deferred: "downlinks that found no receive window (too late, duty cycle)",
     downlinks_duty_cycle: "downlinks held back by the EU868 duty cycle",
     decode_errors: "payloads the device's decoder could not decode (reading kept with an error)",
+    multicast_frames: "multicast frames built for groups of class C devices (sent once their counter is on disk)",
+    multicast_airtime_us: "air time of the multicast frames, microseconds",
     meter_samples: "smart-meter readings received (SML frames with values)",
     readings_journaled: "readings written to the journal",
     records_journaled: "outbox records written to the journal (readings, aggregates, events, command answers)",
@@ -95,6 +97,8 @@ impl Counters {
             (&self.downlinks_deferred, c.downlinks_deferred),
             (&self.downlinks_duty_cycle, c.downlinks_duty_cycle),
             (&self.decode_errors, c.decode_errors),
+            (&self.multicast_frames, c.multicast_frames),
+            (&self.multicast_airtime_us, c.multicast_airtime_us),
         ];
         for (counter, delta) in deltas {
             if delta > 0 {

@@ -1,7 +1,8 @@
 //! The network server's state in the store: what the pipeline writes from the network server's
 //! outputs ([`persist_into`]), and how the network server gets its devices' state back at start
 //! ([`restore`]): sessions current and retired, counters, last-heard routes, MAC states (accepted
-//! settings, pending MAC requests), used nonces, and the sessions of removed devices. Shell code (it reads the store); the rules it applies are the pure
+//! settings, pending MAC requests), used nonces, the sessions of removed devices, and the multicast
+//! groups' counters. Shell code (it reads the store); the rules it applies are the pure
 //! network server's (`NetworkServer::restore_device`, `lorawan::lifecycle`).
 
 use crate::ingest::Origin;
@@ -29,6 +30,7 @@ pub fn persist_into(batch: &mut Batch, persist: Vec<Persist>, sources: &[String]
             Persist::DevNonce { dev_eui, nonce } => batch.add_dev_nonce(dev_eui, nonce),
             Persist::JoinNonce { next } => batch.set_join_nonce(next),
             Persist::MacState { device, state } => batch.set_mac_state(&device, state.map(|s| s.to_bytes())),
+            Persist::McFcntDown { group, next } => batch.set_mc_fcnt_down(&group, next),
         }
     }
 }
@@ -80,6 +82,9 @@ pub fn restore(
         ns.restore_nonces(eui, nonces);
     }
     ns.restore_join_nonce(store.join_nonce()?);
+    for (group, next) in store.mc_fcnts_down()? {
+        ns.restore_multicast_f_cnt(&group, next);
+    }
     Ok(out)
 }
 

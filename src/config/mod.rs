@@ -17,6 +17,7 @@
 mod collect;
 mod keypath;
 pub mod mac;
+mod multicast;
 mod power_fail;
 pub mod problem;
 pub mod radio;

@@ -112,6 +112,14 @@ impl Sink {
     }
 }
 
+/// `[A-Za-z0-9_.-]{1,64}`: device, source, zone, load, key and multicast group names.
+pub(crate) fn name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    (!ok).then(|| format!("expected 1 to 64 characters of A-Z, a-z, 0-9, `_`, `.` and `-`, got {:?}", name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

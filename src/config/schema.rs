@@ -78,6 +78,7 @@ impl Config {
                 .collect(),
             lighting_zones: self.lighting.zone.clone(),
             demand_response: self.demand_response.clone(),
+            lamp_groups: self.lamp_groups(),
         }
     }
 }
@@ -215,6 +216,36 @@ pub struct LorawanConfig {
     /// `[lorawan.mac]`: the MAC command engine.
     #[serde(default)]
     pub mac: super::mac::MacSection,
+    /// Multicast groups of class C devices (`[[lorawan.multicast]]`), e.g. a lighting zone's lamps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub multicast: Vec<MulticastConfig>,
+}
+
+/// A multicast group (`[[lorawan.multicast]]`): its members hold the same group address and keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MulticastConfig {
+    pub name: String,
+    /// The group address (McAddr), 8 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::dev_addr_opt")]
+    pub dev_addr: Option<DevAddr>,
+    /// McNwkSKey and McAppSKey, 32 hex digits each (secret).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::key128_opt")]
+    pub nwk_s_key: Option<Key128>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::key128_opt")]
+    pub app_s_key: Option<Key128>,
+    /// EU868 data rate of its frames (default: `lorawan.rx2_dr`, where class C devices listen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_rate: Option<u8>,
+    /// Frequency of its frames in Hz (default: `lorawan.rx2_freq_hz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freq_hz: Option<u64>,
+    /// The lighting zone whose lamps are the members (or `devices`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// The members by name (or `zone`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
 }
 
 fn default_net_id() -> String {
@@ -259,6 +290,7 @@ impl Default for LorawanConfig {
             min_lead_ms: default_min_lead_ms(),
             adr: Default::default(),
             mac: Default::default(),
+            multicast: Vec::new(),
         }
     }
 }

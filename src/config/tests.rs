@@ -448,3 +448,68 @@ fn adr_and_mac_sections() {
     assert!(parse(dev).unwrap().device[0].adr);
     assert!(!parse(&format!("{dev}adr = false\n")).unwrap().device[0].adr);
 }
+
+#[test]
+fn multicast_groups() {
+    let head = "[gateway]\nid = \"g\"\n[mqtt]\nurl = \"mqtt://h\"\n\
+                [[device]]\nname = \"l1\"\nprofile = \"lamp-generic\"\nclass = \"C\"\ndev_addr = \"26000001\"\n\
+                nwk_s_key = \"000102030405060708090a0b0c0d0e0f\"\napp_s_key = \"0f0e0d0c0b0a09080706050403020100\"\n\
+                [[device]]\nname = \"l2\"\nprofile = \"lamp-generic\"\nclass = \"C\"\ndev_addr = \"26000002\"\n\
+                nwk_s_key = \"000102030405060708090a0b0c0d0e1f\"\napp_s_key = \"0f0e0d0c0b0a09080706050403020101\"\n\
+                [[device]]\nname = \"s1\"\nprofile = \"raw\"\ndev_addr = \"26000003\"\n\
+                nwk_s_key = \"000102030405060708090a0b0c0d0e2f\"\napp_s_key = \"0f0e0d0c0b0a09080706050403020102\"\n\
+                [[lighting.zone]]\nname = \"z\"\ntime_zone = \"Europe/Berlin\"\nlamps = [\"l1\", \"l2\"]\n\
+                [lorawan]\nrx2_dr = 2\n";
+    let keys = "nwk_s_key = \"c0ffeec0ffeec0ffeec0ffeec0ffee00\"\napp_s_key = \"c0ffeec0ffeec0ffeec0ffeec0ffee01\"\n";
+    let parse = |body: &str| parse_str(&format!("{head}{body}"), "t.toml", Path::new(""));
+    let c =
+        parse(&format!("[[lorawan.multicast]]\nname = \"zg\"\ndev_addr = \"260000ff\"\n{keys}zone = \"z\"\n")).unwrap();
+    let g = &c.multicast_groups()[0];
+    assert_eq!((g.name.as_str(), g.dev_addr.0, g.data_rate, g.freq_hz), ("zg", 0x2600_00ff, 2, 869_525_000));
+    assert_eq!(g.members, vec!["l1", "l2"]);
+    assert_eq!(c.loops_setup().lamp_groups[0].lamps, vec!["l1", "l2"]);
+    let redacted = c.redacted_toml();
+    assert!(!redacted.contains("c0ffee") && redacted.contains("[[lorawan.multicast]]"), "{redacted}");
+    let listed = parse(&format!("[[lorawan.multicast]]\nname = \"zg\"\ndev_addr = \"260000ff\"\n{keys}devices = [\"l2\"]\ndata_rate = 3\nfreq_hz = 869100000\n")).unwrap();
+    let g = &listed.multicast_groups()[0];
+    assert_eq!((g.members.clone(), g.data_rate, g.freq_hz), (vec!["l2".to_string()], 3, 869_100_000));
+
+    for (body, key, says) in [
+        ("name = \"l1\"\ndev_addr = \"260000ff\"\nzone = \"z\"\n", "lorawan.multicast[0].name", "device's name"),
+        ("name = \"g\"\ndev_addr = \"26000001\"\nzone = \"z\"\n", "lorawan.multicast[0].dev_addr", "device \"l1\""),
+        ("name = \"g\"\nzone = \"z\"\n", "lorawan.multicast[0].dev_addr", "required"),
+        ("name = \"g\"\ndev_addr = \"260000ff\"\nzone = \"nope\"\n", "lorawan.multicast[0].zone", "nope"),
+        ("name = \"g\"\ndev_addr = \"260000ff\"\n", "lorawan.multicast[0]", "either"),
+        ("name = \"g\"\ndev_addr = \"260000ff\"\ndevices = [\"s1\"]\n", "lorawan.multicast[0].devices", "class C"),
+        (
+            "name = \"g\"\ndev_addr = \"260000ff\"\ndevices = [\"x\"]\n",
+            "lorawan.multicast[0].devices",
+            "not a configured",
+        ),
+        (
+            "name = \"g\"\ndev_addr = \"260000ff\"\nzone = \"z\"\ndata_rate = 7\n",
+            "lorawan.multicast[0].data_rate",
+            "0..=6",
+        ),
+        (
+            "name = \"g\"\ndev_addr = \"260000ff\"\nzone = \"z\"\nfreq_hz = 915000000\n",
+            "lorawan.multicast[0].freq_hz",
+            "sub-band",
+        ),
+        ("name = \"g\"\ndev_addr = \"260000ff\"\nzone = \"z\"\nf_port = 3\n", "lorawan.multicast[0].f_port", "unknown"),
+    ] {
+        let ps = parse(&format!("[[lorawan.multicast]]\n{keys}{body}")).expect_err(body).0;
+        let p = find(&ps, key);
+        assert!(p.message.contains(says), "{body}: {}", ConfigErrors(ps.clone()));
+        assert!(!format!("{}", ConfigErrors(ps.clone())).contains("c0ffee"));
+    }
+    // Two groups: names, addresses and members are each one group's.
+    let two = format!(
+        "[[lorawan.multicast]]\nname = \"a\"\ndev_addr = \"260000ff\"\n{keys}zone = \"z\"\n\
+         [[lorawan.multicast]]\nname = \"a\"\ndev_addr = \"260000ff\"\n{keys}devices = [\"l1\"]\n"
+    );
+    let ps = parse(&two).unwrap_err().0;
+    assert!(find(&ps, "lorawan.multicast[1].name").message.contains("duplicate"));
+    assert!(find(&ps, "lorawan.multicast[1].dev_addr").message.contains("lorawan.multicast[0]"));
+    assert!(find(&ps, "lorawan.multicast[1].devices").message.contains("also in lorawan.multicast[0]"));
+}

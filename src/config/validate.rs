@@ -8,6 +8,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::collect::{de_collect, type_name};
+pub(crate) use super::problem::name_problem;
 use super::problem::{ConfigErrors, Sink};
 use super::schema::*;
 use super::spans::{entry, split_off, Doc, KeyPath};
@@ -318,14 +319,6 @@ fn quoted_list(items: &[&str]) -> String {
     items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
 }
 
-/// `[A-Za-z0-9_.-]{1,64}`: device, source, zone, load and key names.
-pub(crate) fn name_problem(name: &str) -> Option<String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    (!ok).then(|| format!("expected 1 to 64 characters of A-Z, a-z, 0-9, `_`, `.` and `-`, got {:?}", name))
-}
-
 fn file_problem(base_dir: &Path, p: &Path) -> Option<String> {
     let full = base_dir.join(p);
     match std::fs::metadata(&full) {
@@ -415,6 +408,11 @@ fn check(docs: &[&Doc<'_>], base_dir: &Path, parts: &mut Parts, sink: &mut Sink)
         }
     }
     check_lighting(main, &parts.zones, &devices, sink);
+    if let Some(l) = &parts.lorawan {
+        let zones: Vec<&ZoneConfig> = parts.zones.iter().map(|z| &z.zone).collect();
+        let devs: Vec<&DeviceConfig> = parts.devices.iter().map(|d| &d.dev).collect();
+        super::multicast::check(main, l, &zones, &devs, sink);
+    }
     if let Some(dr) = &parts.demand_response {
         check_demand_response(main, dr, &parts.loads, &meters, sink);
     }

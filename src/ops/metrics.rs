@@ -13,6 +13,8 @@
 //!   `..._gwmp_packets_total{type}`, `..._gwmp_stats_total`, `..._rxpk_refused_total`;
 //! - `district_gateway_joins_total{result}`, `district_gateway_downlinks_total{result}`,
 //!   `district_gateway_downlinks_duty_cycle_total`, `district_gateway_frames_mac_only_total`;
+//! - `district_gateway_multicast_frames_total`, `district_gateway_multicast_airtime_microseconds_total`
+//!   (frames to multicast groups and their air time; per group in `status`);
 //! - `district_gateway_readings_journaled_total`, `district_gateway_journal_errors_total`,
 //!   `district_gateway_records_published_total`, `district_gateway_readings_dropped_total`;
 //! - `district_gateway_journal_bytes_written_total`, `district_gateway_journal_fsyncs_total`,
@@ -366,6 +368,18 @@ fn map_counter(name: &str) -> Option<CounterMapping> {
             "district_gateway_downlinks_duty_cycle_total",
             Counter,
             "downlinks held back by the EU868 duty cycle",
+            None,
+        ),
+        "multicast_frames" => (
+            "district_gateway_multicast_frames_total",
+            Counter,
+            "multicast frames to groups of class C devices (one frame reaches every lamp of a zone)",
+            None,
+        ),
+        "multicast_airtime_us" => (
+            "district_gateway_multicast_airtime_microseconds_total",
+            Counter,
+            "air time of the multicast frames, microseconds",
             None,
         ),
         "readings_journaled" => {

@@ -105,6 +105,8 @@ pub(super) fn build_network_server(
         }
     }
     let sources = source_names(config);
+    // Before the restore, which gives the groups their stored counters.
+    ns.set_multicast_groups(config.multicast_groups());
     let startup = crate::ns_store::restore(&mut ns, store, devices, &sources)?;
     ns.set_default_route(default_route(config));
     crate::ns_store::commit_restore(store, startup, &sources)?;

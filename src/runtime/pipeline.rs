@@ -551,6 +551,9 @@ fn note(n: Note) {
         Note::DownlinksDropped { device, count, reason } => {
             tracing::warn!(%device, count, reason, "queued downlinks dropped: their session's keys are gone");
         }
+        Note::MulticastSent { group, f_cnt, airtime_us } => {
+            tracing::debug!(%group, f_cnt, airtime_us, "multicast frame to the group")
+        }
         Note::Mac { device, event } => mac_note(&device, event),
     }
 }

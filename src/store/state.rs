@@ -62,6 +62,8 @@ pub(super) fn is_loops_key(k: &[u8]) -> bool {
 }
 pub(super) const FCNT_PREFIX: &[u8] = b"f/";
 pub(super) const FCNT_DOWN_PREFIX: &[u8] = b"d/";
+/// A multicast group's next frame counter (`g/` + group name).
+pub(super) const MC_FCNT_DOWN_PREFIX: &[u8] = b"g/";
 pub(super) const SESSION_PREFIX: &[u8] = b"s/";
 pub(super) const NONCE_PREFIX: &[u8] = b"n/";
 pub(super) const JOIN_NONCE: &[u8] = b"m/join_nonce";
@@ -85,6 +87,9 @@ impl Batch {
     }
     pub fn set_fcnt_down(&mut self, device: &str, next: u32) {
         self.kv.push((prefixed(FCNT_DOWN_PREFIX, device.as_bytes()), next.to_be_bytes().to_vec()));
+    }
+    pub fn set_mc_fcnt_down(&mut self, group: &str, next: u32) {
+        self.kv.push((prefixed(MC_FCNT_DOWN_PREFIX, group.as_bytes()), next.to_be_bytes().to_vec()));
     }
     pub fn add_dev_nonce(&mut self, dev_eui: Eui64, nonce: u16) {
         let mut rest = dev_eui.0.to_be_bytes().to_vec();
@@ -235,15 +240,22 @@ impl Store {
 
     /// Next FCntDown per device.
     pub fn fcnts_down(&self) -> Result<HashMap<String, u32>, StoreError> {
+        self.counters_under(FCNT_DOWN_PREFIX)
+    }
+
+    /// Next frame counter per multicast group.
+    pub fn mc_fcnts_down(&self) -> Result<HashMap<String, u32>, StoreError> {
+        self.counters_under(MC_FCNT_DOWN_PREFIX)
+    }
+
+    /// The 32-bit counters stored under `prefix` + name, by name.
+    fn counters_under(&self, prefix: &[u8]) -> Result<HashMap<String, u32>, StoreError> {
         self.read_state(|tree| {
             let mut out = HashMap::new();
-            for item in tree.scan_prefix(FCNT_DOWN_PREFIX) {
+            for item in tree.scan_prefix(prefix) {
                 let (k, v) = item?;
                 if let Ok(b) = <[u8; 4]>::try_from(v.as_ref()) {
-                    out.insert(
-                        String::from_utf8_lossy(&k[FCNT_DOWN_PREFIX.len()..]).into_owned(),
-                        u32::from_be_bytes(b),
-                    );
+                    out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), u32::from_be_bytes(b));
                 }
             }
             Ok(out)

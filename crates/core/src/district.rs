@@ -123,6 +123,9 @@ pub struct Counts {
     pub downlinks_deferred: u64,
     pub downlinks_duty_cycle: u64,
     pub decode_errors: u64,
+    /// Multicast frames built (they leave once their counter is on disk) and their air time.
+    pub multicast_frames: u64,
+    pub multicast_airtime_us: u64,
     /// The time (ms since 1970) of the last accepted uplink, when one was accepted (a gauge).
     pub last_uplink_ms: Option<u64>,
 }
@@ -168,6 +171,10 @@ impl Counts {
                 }
             }
             Note::DecodeError { .. } => self.decode_errors += 1,
+            Note::MulticastSent { airtime_us, .. } => {
+                self.multicast_frames += 1;
+                self.multicast_airtime_us += airtime_us;
+            }
             Note::Joined { .. }
             | Note::JoinRefused { .. }
             | Note::DownlinkAcked { .. }
@@ -356,6 +363,12 @@ impl District {
                         Err(e) => tracing::warn!(%device, error = %e, "control-loop downlink not queued"),
                     }
                 }
+                Actuate::Multicast { group, f_port, payload } => {
+                    match self.ns.multicast(millis(now), &group, f_port, &payload) {
+                        Ok(out) => fx.absorb(out),
+                        Err(e) => tracing::warn!(%group, error = %e, "multicast frame not queued"),
+                    }
+                }
                 Actuate::Relays { load, pins, on, .. } => {
                     for (pin, on) in pins.into_iter().zip(on) {
                         fx.relays.push(RelaySwitch { load: load.clone(), pin, on });
@@ -377,7 +390,8 @@ impl District {
             .collect();
         let lorawan = json!({"devices": self.ns.device_count(), "sessions": self.ns.session_count(),
             "queued_downlinks": self.ns.queued_downlinks(), "waiting_for_route": waiting,
-            "mac": self.ns.mac_report()});
+            "mac": self.ns.mac_report(),
+            "multicast": self.ns.multicast_groups().status()});
         let mut status = self.loops.status(now);
         if let Some(o) = status.as_object_mut() {
             o.insert("lorawan".into(), lorawan);
@@ -419,3 +433,7 @@ impl District {
 #[cfg(test)]
 #[path = "district_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "district_multicast_tests.rs"]
+mod multicast_tests;

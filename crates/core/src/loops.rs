@@ -14,6 +14,7 @@ use crate::aggregate::{AggregateWindow, Aggregator, AggregatorState};
 use crate::commands::{CommandName, RefusalCode};
 use crate::control::demand::params::DemandParams;
 use crate::control::demand::{self, Demand};
+use crate::control::lighting::groups::{LampDownlink, LampGroup};
 use crate::control::lighting::params::ZoneParams;
 use crate::control::lighting::{self, Lighting, Site};
 use crate::events::{
@@ -43,6 +44,12 @@ pub enum Publish {
 pub enum Actuate {
     Downlink {
         device: String,
+        f_port: u8,
+        payload: Vec<u8>,
+    },
+    /// One frame for every member of a LoRaWAN multicast group (a zone-wide lamp level).
+    Multicast {
+        group: String,
         f_port: u8,
         payload: Vec<u8>,
     },
@@ -153,6 +160,8 @@ pub struct LoopsSetup {
     pub devices: Vec<LoopDevice>,
     pub lighting_zones: Vec<ZoneParams>,
     pub demand_response: Option<DemandParams>,
+    /// Multicast groups of lamps (`lorawan.multicast`): zone-wide level changes go to them as one frame.
+    pub lamp_groups: Vec<LampGroup>,
 }
 
 /// A device as the loops see it.
@@ -176,6 +185,7 @@ pub struct Loops {
     meter: Option<String>,
     /// Lamp device → its profile (to encode the level command).
     lamp_profiles: HashMap<String, String>,
+    lamp_groups: Vec<LampGroup>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -235,6 +245,7 @@ impl Loops {
             demand,
             meter: setup.demand_response.as_ref().map(|d| d.meter.clone()),
             lamp_profiles,
+            lamp_groups: setup.lamp_groups.clone(),
         })
     }
 
@@ -420,14 +431,21 @@ impl Loops {
 
     fn lighting_output(&self, o: lighting::Output) -> LoopOutput {
         let mut out = LoopOutput::default();
+        let mut commands = Vec::new();
         for c in o.commands {
             let profile = self.lamp_profiles.get(&c.lamp).map(String::as_str).unwrap_or("lamp-generic");
             match crate::decode::encode_lamp_level(profile, c.level_pct) {
-                Some((f_port, payload)) => {
-                    out.actuate.push(Actuate::Downlink { device: c.lamp.clone(), f_port, payload })
-                }
+                Some((f_port, payload)) => commands.push(LampDownlink { lamp: c.lamp, f_port, payload }),
                 None => tracing::warn!(lamp = %c.lamp, profile, "no lamp command encoding for this profile"),
             }
+        }
+        let (multicast, unicast) = lighting::groups::split(commands, &self.lamp_groups);
+        for m in multicast {
+            tracing::debug!(group = %m.group, lamps = m.lamps.len(), "zone-wide lamp level as one multicast frame");
+            out.actuate.push(Actuate::Multicast { group: m.group, f_port: m.f_port, payload: m.payload });
+        }
+        for c in unicast {
+            out.actuate.push(Actuate::Downlink { device: c.lamp, f_port: c.f_port, payload: c.payload });
         }
         for e in o.events {
             let device = e.device().unwrap_or(&e.zone).to_string();

@@ -21,6 +21,7 @@ use crate::lorawan::downlink::{
 use crate::lorawan::join::{DevAddrAllocator, JoinConfig, JoinContext, JoinError, JoinServer, OtaaDevice};
 use crate::lorawan::lifecycle::{Counters, Resumable, SessionId, SessionRecord};
 use crate::lorawan::mac_engine::{DeviceFacts, MacConfig, MacEngine, MacEvent};
+use crate::lorawan::multicast::Multicast;
 use crate::lorawan::region::{Eu868, TxParams, UplinkRadio};
 use crate::lorawan::MacState;
 use crate::lorawan::{Dedup, MType, Sessions, Uplink, UplinkError};
@@ -99,6 +100,11 @@ pub enum Persist {
         device: String,
         state: Option<Box<MacState>>,
     },
+    /// A multicast group's next frame counter (`lorawan::multicast`), written before its frame leaves.
+    McFcntDown {
+        group: String,
+        next: u32,
+    },
 }
 
 /// What the store had for a device at start.
@@ -152,6 +158,8 @@ pub enum DownlinkKind {
     JoinAccept,
     ClassA,
     ClassC,
+    /// To a multicast group (`device` is the group's name).
+    Multicast,
 }
 
 /// Things worth a log line, a counter or an event.
@@ -193,6 +201,12 @@ pub enum Note {
     Mac {
         device: String,
         event: MacEvent,
+    },
+    /// A multicast group's frame was built (it leaves once its counter is on disk).
+    MulticastSent {
+        group: String,
+        f_cnt: u32,
+        airtime_us: u64,
     },
 }
 
@@ -246,6 +260,8 @@ pub struct NetworkServer {
     mac: MacEngine,
     /// Each device's last accepted frame, to credit its copies from other gateways to ADR.
     last_frame: HashMap<String, Vec<u8>>,
+    /// Multicast groups of class C devices (lamps), with their own counters.
+    multicast: Multicast,
 }
 
 impl NetworkServer {
@@ -272,6 +288,7 @@ impl NetworkServer {
             default_route: None,
             mac,
             last_frame: HashMap::new(),
+            multicast: Multicast::default(),
         })
     }
 
@@ -706,6 +723,9 @@ impl NetworkServer {
             }
             self.class_c_for(&name, now_ms, &mut out);
         }
+        for group in self.multicast.pending() {
+            self.multicast_for(&group, now_ms, &mut out);
+        }
         out
     }
 
@@ -743,6 +763,9 @@ impl NetworkServer {
 
     /// The gateway reported that a downlink could not be sent (TX_ACK error).
     pub fn tx_failed(&mut self, device: &str, f_cnt_down: u32) {
+        if self.multicast.tx_failed(device, f_cnt_down) {
+            return;
+        }
         if let Some(q) = self.queues.get_mut(device) {
             q.tx_failed(f_cnt_down);
         }
@@ -845,3 +868,6 @@ fn note_event(device: &str, ev: DownlinkEvent, notes: &mut Vec<Note>, metrics: &
         }
     }
 }
+
+#[path = "netserver_multicast.rs"]
+mod multicast;

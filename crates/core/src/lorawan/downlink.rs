@@ -831,14 +831,20 @@ impl Scheduler {
             return Ok(None);
         };
         let params = self.region.class_c(rx).map_err(ScheduleError::Region)?;
-        let len = c.phy_len();
+        let plan = self.transmit_now(params, c.phy_len(), now_ms)?;
+        let frame = queue.commit(c, now_ms).map_err(ScheduleError::Build)?;
+        Ok(Some(ScheduledDownlink { frame, plan }))
+    }
+
+    /// A frame of `len` bytes sent at once with `params` (class C, multicast): its size checked
+    /// against the data rate, its air time reserved in the duty cycle.
+    pub fn transmit_now(&mut self, params: TxParams, len: usize, now_ms: u64) -> Result<TxPlan, ScheduleError> {
         let dr: DataRate = params.data_rate();
         if len > dr.max_phy_payload() {
             return Err(ScheduleError::Build(format!("frame of {len} bytes exceeds DR{}", dr.dr)));
         }
         let airtime = downlink_airtime(params.sf, params.bw_khz, len);
         self.duty.try_reserve(now_ms, params.freq_hz, airtime).map_err(ScheduleError::DutyCycle)?;
-        let frame = queue.commit(c, now_ms).map_err(ScheduleError::Build)?;
-        Ok(Some(ScheduledDownlink { frame, plan: TxPlan { params, airtime } }))
+        Ok(TxPlan { params, airtime })
     }
 }

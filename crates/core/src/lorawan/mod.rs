@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod mac;
 pub mod mac_down;
 pub mod mac_engine;
+pub mod multicast;
 pub mod region;
 pub mod session;
 pub mod uplink;
@@ -36,6 +37,7 @@ pub use join::{DevAddrAllocator, JoinContext, JoinError, JoinOutcome, JoinServer
 pub use mac::{parse_mac_uplink, MacCommand, MacParseError};
 pub use mac_down::MacRequest;
 pub use mac_engine::{MacConfig, MacEngine, MacState, MacStatus};
+pub use multicast::{McError, McGroup, McSent, Multicast};
 pub use region::{Eu868, RxSettings, TxParams, UplinkRadio, Window};
 pub use session::Sessions;
 pub use uplink::{MType, Uplink, UplinkError};

@@ -270,9 +270,14 @@ impl Eu868 {
     /// Class C: RX2 frequency and data rate, immediately.
     pub fn class_c(&self, rx: &RxSettings) -> Result<TxParams, RegionError> {
         let dr = DataRate::from_dr(rx.rx2_dr).ok_or(RegionError::BadSetting("rx2_dr must be 0..=6"))?;
-        let mut p = self.params(Window::ClassC, None, Duration::ZERO, rx.rx2_freq_hz, dr);
+        Ok(self.class_c_on(rx.rx2_freq_hz, dr))
+    }
+
+    /// Immediately on `freq_hz` at `dr` (class C, also a multicast group's own settings).
+    pub fn class_c_on(&self, freq_hz: u64, dr: DataRate) -> TxParams {
+        let mut p = self.params(Window::ClassC, None, Duration::ZERO, freq_hz, dr);
         p.imme = true;
-        Ok(p)
+        p
     }
 
     fn params(&self, window: Window, tmst: Option<u32>, delay: Duration, freq_hz: u64, dr: DataRate) -> TxParams {

@@ -50,6 +50,7 @@
 //! the open energy window is reported as partial.
 
 mod energy;
+pub mod groups;
 mod output;
 pub mod params;
 mod schedule;
