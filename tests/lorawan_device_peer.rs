@@ -102,3 +102,72 @@ async fn the_peer_joins_by_otaa_and_its_unconfirmed_and_confirmed_uplinks_become
     peer.assert_no_findings();
     daemon.stop().await;
 }
+
+/// Joins the peer, moves it to DR5 (short frames: the tests below are not about the data rate).
+async fn joined_peer(daemon: &Daemon, seed: u64) -> Peer {
+    let mut peer = Peer::start(daemon.gwmp_addrs[0], GOOD, seed).await;
+    peer.join(DEV_EUI, JOIN_EUI, APP_KEY).await;
+    peer.device.set_datarate(DR::_5);
+    peer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_downlink_reaches_the_peer_which_acks_it_in_its_next_uplink_and_the_daemon_records_the_ack() {
+    peer::log::capture();
+    let broker = common::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), broker.port, "dev_status_interval_s = 0\nmax_attempts = 2", "").await;
+    let mut peer = joined_peer(&daemon, 2).await;
+
+    let id = daemon.enqueue_downlink(DEVICE, 10, &[75], true).await.expect("queued");
+    let r = peer.send(&[10], 10, false).await;
+    assert!(matches!(r, SendResponse::DownlinkReceived(_)), "{r:?}; findings {:?}", peer.air.findings());
+    let dl = peer.device.take_downlink().expect("the application payload");
+    assert_eq!((dl.fport, &dl.data[..]), (10, &[75u8][..]));
+    let opened = peer.downlinks();
+    assert!(opened.last().is_some_and(|d| d.confirmed), "sent as confirmed data down: {opened:?}");
+
+    // The next uplink carries the ACK bit (LoRaWAN 1.0.3 §4.3.1.2); the daemon records it.
+    assert!(matches!(peer.send(&[11], 10, false).await, SendResponse::RxComplete), "nothing more to send");
+    assert!(peer.uplinks().last().is_some_and(|u| u.ack), "the peer acknowledges");
+    let acked = |n: usize| {
+        common::wait_until(Duration::from_secs(5), || {
+            peer::log::lines_with(&["confirmed downlink acknowledged", DEVICE, &format!("id={id}")]).len() >= n
+        })
+    };
+    assert!(tokio::task::block_in_place(|| acked(1)), "the daemon logs the ACK");
+    // Acknowledged: never sent again (max_attempts = 2 would send it once more otherwise), not failed.
+    for b in 12..14 {
+        assert!(matches!(peer.send(&[b], 10, false).await, SendResponse::RxComplete));
+    }
+    assert_eq!(peer.downlinks().len(), 1);
+    assert_eq!(daemon.counters.downlinks_failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    peer.assert_no_findings();
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_c_peer_receives_a_downlink_sent_at_once_on_rx2() {
+    use lorawan_device::mac::Response;
+    let broker = common::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), broker.port, "dev_status_interval_s = 0", "class = \"C\"\n").await;
+    let mut peer = Peer::start(daemon.gwmp_addrs[0], GOOD, 3).await;
+    peer.device.enable_class_c();
+    peer.join(DEV_EUI, JOIN_EUI, APP_KEY).await;
+    peer.device.set_datarate(DR::_5);
+    // lorawan-device: "class C downlinks are not possible until a confirmed uplink is sent" (the
+    // daemon needs any uplink: it routes class C downlinks through the gateway that heard it last).
+    assert!(matches!(peer.send(&[20], 10, true).await, SendResponse::DownlinkReceived(_)));
+
+    daemon.enqueue_downlink(DEVICE, 10, &[30], false).await.expect("queued");
+    let r = tokio::time::timeout(Duration::from_secs(15), peer.device.rxc_listen()).await.expect("bounded");
+    assert!(matches!(r, Ok(Response::DownlinkReceived(_))), "{r:?}; findings {:?}", peer.air.findings());
+    let dl = peer.device.take_downlink().expect("the application payload");
+    assert_eq!((dl.fport, &dl.data[..]), (10, &[30u8][..]));
+    let heard = peer.air.heard().pop().expect("heard");
+    assert!(heard.imme, "class C goes out at once");
+    assert_eq!((heard.freq_hz, heard.sf, heard.bw_hz), (869_525_000, 12, 125_000), "RX2 (EU868 default, DR0)");
+    peer.assert_no_findings();
+    daemon.stop().await;
+}

@@ -14,6 +14,7 @@
 
 pub mod air;
 pub mod frames;
+pub mod log;
 pub mod radio;
 
 use std::net::SocketAddr;
@@ -69,6 +70,19 @@ impl Peer {
             }
         }
         panic!("no join accept after {JOIN_ATTEMPTS} requests; findings {:?}", self.air.findings());
+    }
+
+    /// ABP activation with the keys as the daemon's config writes them (MSB-first hex). The device
+    /// starts with the region's default receive windows (RX1 after 1 s, RX2 DR0 on 869.525 MHz).
+    pub async fn activate_abp(&mut self, dev_addr: &str, nwk_s_key: &str, app_s_key: &str) {
+        let addr = u32::from_str_radix(dev_addr, 16).expect("DevAddr hex");
+        let mode = JoinMode::ABP {
+            newskey: NewSKey::from_str(nwk_s_key).expect("NwkSKey hex"),
+            appskey: AppSKey::from_str(app_s_key).expect("AppSKey hex"),
+            devaddr: lorawan_device::DevAddr::from(addr),
+        };
+        let r = self.device.join(&mode).await;
+        assert!(matches!(r, Ok(JoinResponse::JoinSuccess)), "ABP activation: {r:?}");
     }
 
     /// One uplink and its receive windows.
