@@ -116,3 +116,19 @@ pub fn with_adr_bit(phy: &[u8], nwk: &NewSKey, app: &AppSKey) -> Option<Vec<u8>>
     }
     c.build(&payload, &dyn_cmds, nwk, app).ok().map(<[u8]>::to_vec)
 }
+
+/// The DLSettings byte of a join accept (RX1DROffset in bits 6..4, RX2DataRate in bits 3..0), opened
+/// with the AppKey (MSB-first hex); `None` if it does not open or its MIC fails.
+pub fn join_accept_dl_settings(phy: &[u8], app_key: &str) -> Option<u8> {
+    use lorawan::parser::JoinAcceptPayload;
+    use std::str::FromStr;
+    let key = lorawan::keys::AppKey::from_str(app_key).ok()?;
+    let mut bytes = phy.to_vec();
+    let PhyPayload::JoinAccept(JoinAcceptPayload::Encrypted(enc)) =
+        parse_with_factory(&mut bytes[..], DefaultFactory).ok()?
+    else {
+        return None;
+    };
+    let dec = enc.decrypt(&key);
+    dec.validate_mic(&key).then(|| dec.dl_settings().raw_value())
+}
