@@ -28,6 +28,9 @@ const PUSH_ACK_LIMIT: Duration = Duration::from_secs(10);
 pub const DOWNLINK_GRACE: Duration = Duration::from_millis(300);
 /// Where the virtual concentrator clock starts (µs).
 const CLOCK_START_US: u64 = 10_000_000;
+/// Virtual time between the end of one uplink's windows and the next uplink: a device keeps its duty
+/// cycle, and a downlink meant for an earlier uplink's windows can never fall into a later one's.
+const UPLINK_GAP_US: u64 = 10_000_000;
 
 /// The link as the gateway hears the device (the test chooses it: ADR decides from it).
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +186,7 @@ impl Air {
     pub async fn uplink(&self, freq_hz: u32, sf: u32, bw_hz: u32, power_dbm: i8, phy: &[u8]) -> Result<(), String> {
         let (tmst, link) = {
             let mut s = self.lock();
+            s.clock_us += UPLINK_GAP_US;
             let now = s.clock_us;
             // Timed downlinks the clock has passed were never heard by anyone.
             let (missed, keep): (Vec<TxPk>, Vec<TxPk>) = s
@@ -264,8 +268,11 @@ impl Air {
         self.lock().heard.clone()
     }
 
+    /// The findings so far, and every downlink received but never heard.
     pub fn findings(&self) -> Vec<String> {
-        self.lock().findings.clone()
+        let s = self.lock();
+        let unheard = s.pending.iter().map(|t| format!("a downlink never heard: {t:?}"));
+        s.findings.iter().cloned().chain(unheard).collect()
     }
 
     pub fn add_finding(&self, what: String) {

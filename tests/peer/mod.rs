@@ -79,7 +79,11 @@ impl Peer {
         let mode = JoinMode::ABP {
             newskey: NewSKey::from_str(nwk_s_key).expect("NwkSKey hex"),
             appskey: AppSKey::from_str(app_s_key).expect("AppSKey hex"),
-            devaddr: lorawan_device::DevAddr::from(addr),
+            // The `lorawan` crate keeps a DevAddr in air order (LSB first, LoRaWAN 1.0.3 §4.3.1 and §4:
+            // every multi-octet field is little endian) but its `From<u32>` and `FromStr` copy the bytes
+            // big-endian, so `DevAddr::from(0x26011f01)` goes on air as 0x011f0126 and the daemon (rightly)
+            // knows no such device. The bytes in air order, then.
+            devaddr: lorawan_device::DevAddr::from(addr.to_le_bytes()),
         };
         let r = self.device.join(&mode).await;
         assert!(matches!(r, Ok(JoinResponse::JoinSuccess)), "ABP activation: {r:?}");
