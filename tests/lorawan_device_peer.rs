@@ -172,6 +172,62 @@ async fn a_class_c_peer_receives_a_downlink_sent_at_once_on_rx2() {
     daemon.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_joins_again_with_a_new_dev_nonce_and_its_new_session_is_the_one_accepted() {
+    let broker = common::Broker::start();
+    let sub = subscriber(broker.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), broker.port, "dev_status_interval_s = 0", "").await;
+    let mut peer = joined_peer(&daemon, 7).await;
+    peer.send(&[1], 10, false).await;
+    let first = peer.keys();
+    peer.join(DEV_EUI, JOIN_EUI, APP_KEY).await;
+    peer.device.set_datarate(DR::_5);
+    assert_ne!(peer.keys().0, first.0, "new session keys");
+    peer.send(&[2], 10, false).await;
+    let got = readings(&sub, 2).await;
+    let (a, b) = (&got[0]["lorawan"], &got[1]["lorawan"]);
+    assert_ne!(a["dev_addr"], Value::Null);
+    assert_eq!((a["f_cnt"].as_u64(), b["f_cnt"].as_u64()), (Some(0), Some(0)), "counters start again: {got:?}");
+    assert_eq!(daemon.counters.joins.load(std::sync::atomic::Ordering::Relaxed), 2);
+    peer.assert_no_findings();
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abp_peer_with_the_default_windows_gets_its_downlink_in_rx1() {
+    const ABP: &str = "lamp-abp";
+    let broker = common::Broker::start();
+    let sub = subscriber(broker.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), broker.port, "dev_status_interval_s = 0", &abp_device(ABP)).await;
+    let mut peer = Peer::start(daemon.gwmp_addrs[0], GOOD, 8).await;
+    peer.activate_abp(ABP_ADDR, ABP_NWK, ABP_APP).await;
+    peer.device.set_datarate(DR::_5);
+    peer.send(&[5], 10, false).await;
+    daemon.enqueue_downlink(ABP, 10, &[60], false).await.expect("queued");
+    let r = peer.send(&[6], 10, false).await;
+    assert!(matches!(r, SendResponse::DownlinkReceived(0)), "{r:?}; findings {:?}", peer.air.findings());
+    let (up, dl) = (peer.air.uplinks().pop().expect("sent"), peer.air.heard().pop().expect("heard"));
+    assert_eq!(dl.tmst, Some(up.tmst.wrapping_add(1_000_000)), "RX1, RECEIVE_DELAY1 = 1 s");
+    assert_eq!(peer.device.take_downlink().map(|d| (d.fport, d.data.to_vec())), Some((10, vec![60])));
+    let mine = || sub.readings().into_iter().filter(|r| r["device"] == ABP).count();
+    assert!(tokio::task::block_in_place(|| common::wait_until(Duration::from_secs(10), || mine() == 2)));
+    peer.assert_no_findings();
+    daemon.stop().await;
+}
+
+const ABP_ADDR: &str = "26011f01";
+const ABP_NWK: &str = "3c5e7f9a1b2d4c6e8f0a1b3c5d7e9f02";
+const ABP_APP: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+/// An ABP lamp's `[[device]]` section.
+fn abp_device(name: &str) -> String {
+    format!(
+        "[[device]]\nname = \"{name}\"\nprofile = \"lamp-generic\"\ndev_addr = \"{ABP_ADDR}\"\nnwk_s_key = \"{ABP_NWK}\"\napp_s_key = \"{ABP_APP}\"\n"
+    )
+}
+
 /// LoRaWAN 1.0.3 §6.2.5: the join accept's DLSettings carry the RX2 data rate the device must use.
 /// lorawan-device 0.12 ignores DLSettings (its `process_join_accept` reads only the CFList; RX1DROffset
 /// and RX2DataRate keep their defaults): **a peer bug**. With `rx2_dr = 3` the daemon tells the device
@@ -282,17 +338,11 @@ async fn an_adr_peer_heard_at_sf12_with_a_high_snr_is_moved_to_dr5_once() {
 #[ignore = "enable after i18-mac merges (RXTimingSetupReq)"]
 async fn an_abp_peer_gets_rx_timing_setup_and_its_rx1_delay_follows() {
     const ABP: &str = "lamp-abp";
-    const ADDR: &str = "26011f01";
-    const NWK: &str = "3c5e7f9a1b2d4c6e8f0a1b3c5d7e9f02";
-    const APP: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
     let broker = common::Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let abp = format!(
-        "[[device]]\nname = \"{ABP}\"\nprofile = \"lamp-generic\"\ndev_addr = \"{ADDR}\"\nnwk_s_key = \"{NWK}\"\napp_s_key = \"{APP}\"\n"
-    );
-    let daemon = start(dir.path(), broker.port, "dev_status_interval_s = 0\nrx1_delay_s = 3", &abp).await;
+    let daemon = start(dir.path(), broker.port, "dev_status_interval_s = 0\nrx1_delay_s = 3", &abp_device(ABP)).await;
     let mut peer = Peer::start(daemon.gwmp_addrs[0], GOOD, 6).await;
-    peer.activate_abp(ADDR, NWK, APP).await;
+    peer.activate_abp(ABP_ADDR, ABP_NWK, ABP_APP).await;
     peer.device.set_datarate(DR::_5);
 
     let timing = |peer: &mut Peer| {
