@@ -146,21 +146,27 @@ async fn a_confirmed_downlink_reaches_the_peer_which_acks_it_in_its_next_uplink_
     daemon.stop().await;
 }
 
+/// A class C peer, joined (its join accept returned), heard once (a confirmed uplink at DR5: the
+/// daemon routes class C downlinks through the gateway that heard the device last; lorawan-device
+/// itself wants a confirmed uplink before class C), with the downlink `[30]` on FPort 10 queued.
+async fn class_c_peer_with_a_queued_downlink(daemon: &Daemon, seed: u64) -> (Peer, peer::air::TxPk) {
+    let mut peer = Peer::start(daemon.gwmp_addrs[0], GOOD, seed).await;
+    peer.device.enable_class_c();
+    peer.join(DEV_EUI, JOIN_EUI, APP_KEY).await;
+    let accept = peer.air.heard().pop().expect("the join accept");
+    peer.device.set_datarate(DR::_5);
+    assert!(matches!(peer.send(&[20], 10, true).await, SendResponse::DownlinkReceived(_)));
+    daemon.enqueue_downlink(DEVICE, 10, &[30], false).await.expect("queued");
+    (peer, accept)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_class_c_peer_receives_a_downlink_sent_at_once_on_rx2() {
     use lorawan_device::mac::Response;
     let broker = common::Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let daemon = start(dir.path(), broker.port, "dev_status_interval_s = 0", "class = \"C\"\n").await;
-    let mut peer = Peer::start(daemon.gwmp_addrs[0], GOOD, 3).await;
-    peer.device.enable_class_c();
-    peer.join(DEV_EUI, JOIN_EUI, APP_KEY).await;
-    peer.device.set_datarate(DR::_5);
-    // lorawan-device: "class C downlinks are not possible until a confirmed uplink is sent" (the
-    // daemon needs any uplink: it routes class C downlinks through the gateway that heard it last).
-    assert!(matches!(peer.send(&[20], 10, true).await, SendResponse::DownlinkReceived(_)));
-
-    daemon.enqueue_downlink(DEVICE, 10, &[30], false).await.expect("queued");
+    let (mut peer, _) = class_c_peer_with_a_queued_downlink(&daemon, 3).await;
     let r = tokio::time::timeout(Duration::from_secs(15), peer.device.rxc_listen()).await.expect("bounded");
     assert!(matches!(r, Ok(Response::DownlinkReceived(_))), "{r:?}; findings {:?}", peer.air.findings());
     let dl = peer.device.take_downlink().expect("the application payload");
@@ -240,16 +246,9 @@ async fn the_peer_ignores_the_join_accept_dl_settings_a_peer_bug_the_air_detects
     let broker = common::Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let daemon = start(dir.path(), broker.port, "dev_status_interval_s = 0\nrx2_dr = 3", "class = \"C\"\n").await;
-    let mut peer = Peer::start(daemon.gwmp_addrs[0], GOOD, 4).await;
-    peer.device.enable_class_c();
-    peer.join(DEV_EUI, JOIN_EUI, APP_KEY).await;
-    let accept = peer.air.heard().pop().expect("the join accept");
+    let (mut peer, accept) = class_c_peer_with_a_queued_downlink(&daemon, 4).await;
     let dl_settings = peer::frames::join_accept_dl_settings(&accept.data, APP_KEY).expect("opens with the AppKey");
     assert_eq!(dl_settings & 0x0f, 3, "the daemon announces RX2 at DR3");
-    peer.device.set_datarate(DR::_5);
-    assert!(matches!(peer.send(&[20], 10, true).await, SendResponse::DownlinkReceived(_)));
-
-    daemon.enqueue_downlink(DEVICE, 10, &[30], false).await.expect("queued");
     let air = peer.air.clone();
     let found = async {
         for _ in 0..200 {
