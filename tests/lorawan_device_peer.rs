@@ -332,7 +332,10 @@ async fn an_adr_peer_heard_at_sf12_with_a_high_snr_is_moved_to_dr5_once() {
 /// listens (its delay follows the request at once).
 ///
 /// Without the MAC engine the daemon schedules every ABP device's RX1 at `rx1_delay_s` though the device
-/// was never told: the air records "fell in no receive window" (a daemon bug i18-mac fixes).
+/// was never told: the air records "fell in no receive window" (a daemon bug). With i18-mac (tried at
+/// c310539) the engine must also start an ABP device's MAC state on the region's defaults
+/// (`RxSettings::default()`), not on the configured windows, or it never sends RXTimingSetupReq and
+/// this test fails with "no RXTimingSetupReq(3)".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "enable after i18-mac merges (RXTimingSetupReq)"]
 async fn an_abp_peer_gets_rx_timing_setup_and_its_rx1_delay_follows() {
