@@ -63,7 +63,7 @@ pub struct TxPk {
 }
 
 impl TxPk {
-    /// Reads a `txpk` object; `None` (and a finding) for anything a real forwarder would refuse.
+    /// Reads a `txpk` object; an error (a finding, and a TX_ACK error) for anything a forwarder refuses.
     fn parse(v: &Value) -> Result<TxPk, String> {
         let freq = v["freq"].as_f64().ok_or("txpk without freq")?;
         let datr = v["datr"].as_str().ok_or("txpk without datr")?;
@@ -139,7 +139,7 @@ impl Air {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn next_token(&self) -> [u8; 2] {
@@ -280,6 +280,11 @@ impl Air {
     }
 }
 
+/// The state, also after a panicking test thread poisoned it (the panic is the test's report).
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Why a radio on (`freq_hz`, `sf`, `bw_hz`) cannot receive `t`, if it cannot.
 fn mismatch(t: &TxPk, freq_hz: u32, sf: u32, bw_hz: u32) -> Option<String> {
     if !t.ipol {
@@ -311,24 +316,20 @@ async fn receive(sock: Arc<UdpSocket>, daemon: SocketAddr, state: Arc<Mutex<Stat
         let Ok((n, _)) = sock.recv_from(&mut buf).await else { return };
         let Some(d) = buf.get(..n) else { continue };
         if d.len() < 4 || d[0] != 2 {
-            state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .findings
-                .push(format!("bad datagram from the daemon: {d:02x?}"));
+            lock(&state).findings.push(format!("bad datagram from the daemon: {d:02x?}"));
             continue;
         }
         let token = [d[1], d[2]];
         match d[3] {
-            1 => state.lock().unwrap_or_else(|e| e.into_inner()).push_acks.push(token),
-            4 => state.lock().unwrap_or_else(|e| e.into_inner()).pull_acked = true,
+            1 => lock(&state).push_acks.push(token),
+            4 => lock(&state).pull_acked = true,
             3 => {
                 let parsed = serde_json::from_slice::<Value>(&d[4..])
                     .map_err(|e| e.to_string())
                     .and_then(|v| TxPk::parse(&v["txpk"]));
                 let mut ack = header(token, 5);
                 {
-                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut s = lock(&state);
                     match parsed {
                         Ok(t) => {
                             s.pending.push(t);
@@ -342,11 +343,7 @@ async fn receive(sock: Arc<UdpSocket>, daemon: SocketAddr, state: Arc<Mutex<Stat
                 }
                 let _ = sock.send_to(&ack, daemon).await;
             }
-            other => state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .findings
-                .push(format!("unexpected datagram type {other}")),
+            other => lock(&state).findings.push(format!("unexpected datagram type {other}")),
         }
         events.send_modify(|n| *n += 1);
     }
