@@ -277,7 +277,6 @@ async fn the_peer_ignores_the_join_accept_dl_settings_a_peer_bug_the_air_detects
 /// but applies only the channel mask, not the data rate or TX power (`mac/mod.rs`: "we ignore DR and
 /// TxPwr"; §5.3 says a device that acknowledges applies all three): the test applies the data rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "enable after i18-mac merges (ADR / LinkADRReq)"]
 async fn an_adr_peer_heard_at_sf12_with_a_high_snr_is_moved_to_dr5_once() {
     let broker = common::Broker::start();
     let dir = tempfile::tempdir().unwrap();
@@ -331,13 +330,10 @@ async fn an_adr_peer_heard_at_sf12_with_a_high_snr_is_moved_to_dr5_once() {
 /// device answers RXTimingSetupAns, and from then on RX1 is 3 s after the uplink, where the peer
 /// listens (its delay follows the request at once).
 ///
-/// Without the MAC engine the daemon schedules every ABP device's RX1 at `rx1_delay_s` though the device
-/// was never told: the air records "fell in no receive window" (a daemon bug). With i18-mac (tried at
-/// c310539) the engine must also start an ABP device's MAC state on the region's defaults
-/// (`RxSettings::default()`), not on the configured windows, or it never sends RXTimingSetupReq and
-/// this test fails with "no RXTimingSetupReq(3)".
+/// Before the MAC engine the daemon scheduled every ABP device's RX1 at `rx1_delay_s` though the device
+/// was never told: the air recorded "fell in no receive window". Now an ABP session's MAC state starts
+/// on the region's defaults (`MacState::new`), so the engine sends RXTimingSetupReq first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "enable after i18-mac merges (RXTimingSetupReq)"]
 async fn an_abp_peer_gets_rx_timing_setup_and_its_rx1_delay_follows() {
     const ABP: &str = "lamp-abp";
     let broker = common::Broker::start();

@@ -118,15 +118,18 @@ impl MacState {
     /// A new session: OTAA devices have the CFList's channels, ABP devices the three defaults.
     pub fn new(cfg: &MacConfig, abp: bool) -> MacState {
         let n = if abp { 3 } else { 3 + cfg.cf_list.len().min(13) };
+        // An ABP device never saw a join accept: it listens on the region's defaults until RXParamSetupReq
+        // and RXTimingSetupReq move it (LoRaWAN 1.0.3 §5.4, §5.7; RP002 §2.1.2).
+        let rx = if abp { crate::lorawan::region::RxSettings::default() } else { cfg.rx };
         MacState {
             dr: None,
             tx_power: 0,
             nb_trans: 1,
             ch_mask: ((1u32 << n) - 1) as u16,
-            rx1_dr_offset: cfg.rx.rx1_dr_offset,
-            rx2_dr: cfg.rx.rx2_dr,
-            rx2_freq_hz: cfg.rx.rx2_freq_hz,
-            rx1_delay_s: cfg.rx.rx1_delay_s,
+            rx1_dr_offset: rx.rx1_dr_offset,
+            rx2_dr: rx.rx2_dr,
+            rx2_freq_hz: rx.rx2_freq_hz,
+            rx1_delay_s: rx.rx1_delay_s,
             max_duty_cycle: 0,
             pending: Vec::new(),
             max_dr: None,
