@@ -152,6 +152,12 @@ async fn a_zone_step_is_one_multicast_frame_the_lamps_follow_and_its_counter_sur
     assert_eq!(code, 200);
     assert!(metrics.contains(&format!("district_gateway_multicast_frames_total {frames}")), "{metrics}");
     assert!(metrics.contains("district_gateway_multicast_airtime_microseconds_total "), "{metrics}");
+    // The status page lists the group with its members, never its keys.
+    let (code, page) = tokio::task::block_in_place(|| common::http::http_get(port, "/")).expect("status page");
+    assert_eq!(code, 200);
+    let table = page.split("<table id=\"multicast\">").nth(1).expect("a multicast table on the status page");
+    assert!(table.contains("path-lamps") && table.contains(&GROUP_ADDR.to_string()), "{table}");
+    assert!(!page.contains(MC_NWK) && !page.contains(MC_APP), "keys on the status page");
     daemon.stop().await;
 
     // A restart on the same data dir: the start's step goes out again, under a higher counter.

@@ -1,6 +1,7 @@
 //! ADR and MAC commands on `/metrics` and the status page, from the network server's part of the
 //! status (`lorawan.mac`: per device data rate, TX power, NbTrans, SNR margin, pending requests, last
-//! ADR decision; the engine's counts since start).
+//! ADR decision; the engine's counts since start), and the multicast groups (`lorawan.multicast`) on the
+//! status page.
 
 use serde_json::Value;
 
@@ -93,6 +94,33 @@ pub fn rows(lorawan: &Value) -> Vec<[String; 7]> {
         .collect()
 }
 
+/// Column headings of the status page's "Multicast groups" table.
+pub const MULTICAST_COLUMNS: [&str; 6] = ["group", "address", "DR / frequency", "members", "frames sent", "air time"];
+
+/// The rows of the "Multicast groups" table (`lorawan.multicast`: no keys are in it), one per group.
+pub fn multicast_rows(lorawan: &Value) -> Vec<[String; 6]> {
+    let groups = lorawan.get("multicast").and_then(Value::as_array);
+    groups
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let s = |k: &str| g.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            let n = |k: &str| g.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+            let members: Vec<&str> =
+                g.get("members").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+            let waiting = if g.get("waiting").and_then(Value::as_bool) == Some(true) { " (one waiting)" } else { "" };
+            [
+                s("name"),
+                s("dev_addr"),
+                format!("DR{} / {:.3} MHz", n("data_rate"), n("frequency_hz") / 1e6),
+                members.join(", "),
+                format!("{}{waiting}", n("frames_sent")),
+                format!("{:.1} s", n("airtime_ms") / 1000.0),
+            ]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +152,18 @@ mod tests {
         assert_eq!(rows[0][5], "link_adr_req");
         assert!(rows[0][6].contains("DR0 → DR5"), "{}", rows[0][6]);
         assert!(super::rows(&Value::Null).is_empty());
+    }
+
+    #[test]
+    fn multicast_rows_show_each_group() {
+        let l = json!({"multicast": [{"name": "zone-a", "dev_addr": "260bff01", "data_rate": 3,
+            "frequency_hz": 869525000, "members": ["l1", "l2"], "next_f_cnt": 7, "frames_sent": 6,
+            "airtime_ms": 864.0, "waiting": true}]});
+        let rows = multicast_rows(&l);
+        assert_eq!(
+            rows,
+            vec![["zone-a", "260bff01", "DR3 / 869.525 MHz", "l1, l2", "6 (one waiting)", "0.9 s"].map(String::from)]
+        );
+        assert!(multicast_rows(&Value::Null).is_empty());
     }
 }

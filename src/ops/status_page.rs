@@ -280,13 +280,19 @@ fn device_problems(h: &mut String, lorawan: &Value) {
 
 /// ADR and MAC commands per device (`ops::mac_view`), when any device has a MAC state.
 fn mac(h: &mut String, lorawan: &Value) {
-    let rows = crate::ops::mac_view::rows(lorawan);
+    use crate::ops::mac_view::{multicast_rows, rows, COLUMNS, MULTICAST_COLUMNS};
+    table(h, "ADR and MAC commands", "mac", COLUMNS, rows(lorawan));
+    table(h, "Multicast groups", "multicast", MULTICAST_COLUMNS, multicast_rows(lorawan));
+}
+
+/// A titled table of plain-text cells (escaped and cut here); nothing when there are no rows.
+fn table<const N: usize>(h: &mut String, title: &str, id: &str, columns: [&str; N], rows: Vec<[String; N]>) {
     if rows.is_empty() {
         return;
     }
-    let _ = writeln!(h, "<h2>ADR and MAC commands ({})</h2>", rows.len());
-    h.push_str("<table id=\"mac\"><tr>");
-    for c in crate::ops::mac_view::COLUMNS {
+    let _ = writeln!(h, "<h2>{} ({})</h2>", esc(title), rows.len());
+    let _ = write!(h, "<table id=\"{}\"><tr>", esc(id));
+    for c in columns {
         let _ = write!(h, "<th>{}</th>", esc(c));
     }
     h.push_str("</tr>\n");
