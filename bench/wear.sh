@@ -7,10 +7,15 @@
 #   SECS=300 SETTLE=12 bench/wear.sh      MODES="interval commit" RATES="0 1 10 100 1000" SECS=30
 #   MODES=interval RATES="0 1" SECS=60 bench/wear.sh
 #
+# Steady state: DevStatusReq (default once a day per device) and ADR (a LinkADRReq or two per device
+# until it has converged) are off (DEV_STATUS_S=86400 ADR=true to measure them): each is a downlink,
+# fsynced at once in every mode; after the warm-up (1,000 devices in 4 s) most of them still wait
+# for the duty cycle, so the next rows would carry a downlink with almost every reading (a fsync
+# each, as in commit mode) instead of the steady state.
+#
 # Prints one markdown table row per mode and rate. Each mode gets a fresh daemon and data dir. Not
-# counted: the first 3 s (opening the store), a warm-up with one uplink per device (its first
-# DevStatusReq: a downlink, fsynced at once in every mode) and the first 5-minute save of the control
-# loops' state (SKIP_FIRST_SAVE=0 to skip the wait). Use SECS=300 for rows that each carry one such
+# counted: the first 3 s (opening the store), a warm-up with one uplink per device and the first
+# 5-minute save of the control loops' state (SKIP_FIRST_SAVE=0 to skip the wait). Use SECS=300 for rows that each carry one such
 # save (of the devices heard in that row). After each rate the daemon gets SETTLE seconds (default
 # 7; use the sync window + 2 s) to fsync and log the broker's acknowledgements, which are counted
 # (B/s is over SECS + SETTLE). Readings counted are the acknowledged ones.
@@ -47,15 +52,18 @@ http_bind = "127.0.0.1:0"
 url = "mqtt://127.0.0.1:$BP"
 [buffer]
 durability = "$mode"
+[lorawan]
+dev_status_interval_s = ${DEV_STATUS_S:-0}
+[lorawan.adr]
+enabled = ${ADR:-false}
 [[source]]
 type = "gwmp"
 bind = "127.0.0.1:$GP"
 T
   $BIN run --config "$D/gw.toml" >/dev/null 2>&1 & DP=$!
   sleep 3
-  # Warm-up, not counted: one uplink per device, so that each has had its DevStatusReq (a downlink,
-  # which is fsynced at once in every mode: it uses a frame counter) as in a district running for a
-  # while (default: once a day per device).
+  # Warm-up, not counted: one uplink per device, so that each device's session, counters and loops
+  # parts have been written once, as in a district running for a while.
   $BIN simulate --gwmp 127.0.0.1:$GP --devices "$D/devices.toml" --rate 250 --seconds 4 --fcnt-start 1 >/dev/null
   sleep ${SETTLE:-7}
   # The control loops' state is saved every 5 minutes (the parts of the devices heard since): wait

@@ -35,6 +35,25 @@ pub(super) struct Entry {
 /// tag 1 and their name, as now.
 const TAG_NAME: u8 = 1;
 
+/// The key of a padding entry's one state change: an entry of lsn 0 whose only content is this key
+/// with a value of zeros, written to fill a segment up to a page boundary
+/// ([`encode_padding`]). Reading drops it, so it never reaches sled. It is a well-formed entry with a
+/// CRC, not bare zeros: zeros in a segment still mean "torn or not written" (reading stops there, so a
+/// power cut can never make the log skip over an unsynced hole), and a previous version reading the
+/// log (a rollback) takes it for an ordinary state change of a key nothing reads.
+pub(super) const PAD_KEY: &[u8] = b"~pad";
+
+/// The smallest padding entry: header, the body's fixed part, one state change with [`PAD_KEY`].
+pub(super) const MIN_PADDING: usize = HEADER + 28 + 2 + PAD_KEY.len() + 4;
+
+/// A padding entry of exactly `len` bytes; None if `len` is below [`MIN_PADDING`].
+pub(super) fn encode_padding(len: usize) -> Option<Vec<u8>> {
+    let fill = len.checked_sub(MIN_PADDING)?;
+    let e = Entry { kv: vec![(PAD_KEY.to_vec(), vec![0; fill])], ..Entry::default() };
+    let b = encode_entry(&e);
+    (b.len() == len).then_some(b)
+}
+
 pub(super) fn encode_entry(e: &Entry) -> Vec<u8> {
     let mut b = Vec::with_capacity(64 + e.records.iter().map(|r| r.3.len() + r.1.name().len() + 16).sum::<usize>());
     b.extend_from_slice(&[0; HEADER]);
@@ -96,7 +115,10 @@ fn decode_body(body: &[u8]) -> Option<Entry> {
         let klen = r.u16()? as usize;
         let k = r.bytes(klen)?.to_vec();
         let vlen = r.u32()? as usize;
-        e.kv.push((k, r.bytes(vlen)?.to_vec()));
+        let v = r.bytes(vlen)?;
+        if k != PAD_KEY {
+            e.kv.push((k, v.to_vec()));
+        }
     }
     for _ in 0..n_ack {
         e.acks.push((r.u64()?, r.u64()?));

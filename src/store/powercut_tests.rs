@@ -18,6 +18,7 @@
 //! `DG_POWERCUT_NO_DIR_SYNC=1` turns directory fsyncs into no-ops (to see what they are for).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::log_format::read_entry;
@@ -242,20 +243,24 @@ impl Run {
         let shm = std::path::Path::new("/dev/shm");
         let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.expect("temp dir");
         let policy = if rng.percent(70) { DropPolicy::DropOldest } else { DropPolicy::DropNewest };
+        let durability =
+            if rng.percent(50) { Durability::Commit } else { Durability::Interval { window_ms: 50 + rng.below(5000) } };
+        // As the daemon: interval mode pads each fsynced window to a page (segments of 4-16 KiB, so that
+        // the padding fits and also ends segments).
+        let pad_on_sync = matches!(durability, Durability::Interval { .. });
         let opts = StoreOptions {
             cache_bytes: 1 << 20,
             max_bytes: (16 + rng.below(48)) << 10,
             policy,
             gateway_id: "gw".into(),
-            segment_bytes: Some(4096),
+            segment_bytes: Some(if pad_on_sync { 4096 << rng.below(3) } else { 4096 }),
+            pad_on_sync,
             ..StoreOptions::default()
         };
         let fs = SimFs::new();
         if std::env::var("DG_POWERCUT_NO_DIR_SYNC").is_ok_and(|v| v == "1") {
             fs.set_ignore_dir_sync(true);
         }
-        let durability =
-            if rng.percent(50) { Durability::Commit } else { Durability::Interval { window_ms: 50 + rng.below(5000) } };
         let policy = SyncPolicy::new(durability);
         Run { seed, rng, fs, dir, opts, m: Model::default(), cuts: 0, log: Vec::new(), policy, now_ms: 0 }
     }
@@ -647,6 +652,7 @@ impl Run {
                 }
             }
             let pre = all_unacked(&s);
+            PADDED.fetch_add(s.stats().padding_bytes.load(Relaxed), Relaxed);
             drop(s);
             self.cuts += 1;
             let mut rng = Rng(self.rng.next());
@@ -715,4 +721,8 @@ fn power_cuts_lose_nothing_promised() {
     let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
     eprintln!("power-cut test: {total} cuts in {runs} runs (base seed {base}), {:.1?}", started.elapsed());
     assert!(failures.is_empty(), "{} of {runs} runs failed; the first:\n{}", failures.len(), failures[0]);
+    assert!(PADDED.load(Relaxed) > 0, "no run padded a window to a page: the padding was not exercised");
 }
+
+/// Padding bytes written over all runs (interval mode pads each fsynced window to a page).
+static PADDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -13,13 +13,15 @@ use std::sync::atomic::Ordering;
 
 use super::codec;
 use super::fs::{FileRef, Fs};
-use super::log_format::Entry;
+use super::log_format::{self, Entry};
 use super::ranges::RangeSet;
 use super::state::is_loops_key;
 use super::{io_err, RecordKind, State, Store, StoreError};
 
 /// The file holding a seq at or above every seq that was in a deleted (or rewritten) segment.
 pub(super) const SEQ_FLOOR: &str = "seq.floor";
+/// The page size the log pads to before an fsync (the file system's and the page cache's unit).
+const PAGE: u64 = 4096;
 
 /// A segment as read at open: id, file, valid length, and its entries with (offset, length).
 pub(super) type ScannedSegment = (u64, FileRef, u64, Vec<(Entry, u64, u64)>);
@@ -222,6 +224,24 @@ impl Store {
         }
         self.inner.stats.log_bytes.fetch_add(encoded.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Fills the active segment up to the next 4 KiB page with a padding entry (see
+    /// [`StoreOptions::pad_on_sync`](super::StoreOptions::pad_on_sync)). Nothing when the segment ends on a
+    /// page, when the rest of the page is too short for an entry (the next window then shares that page,
+    /// as without padding), or when the padding would fill the segment. A failed write is left to the
+    /// fsync and the next append (`append` removes what it wrote).
+    pub(super) fn pad_to_page(&self, st: &mut State) {
+        let Some(bytes) = st.segments.get(&st.active).map(|s| s.bytes) else { return };
+        let rest = PAGE - bytes % PAGE;
+        if rest == PAGE || bytes + rest > self.inner.opts.segment_bytes() {
+            return;
+        }
+        if let Some(pad) = log_format::encode_padding(rest as usize) {
+            if self.append(st, &Entry::default(), &pad).is_ok() {
+                self.inner.stats.padding_bytes.fetch_add(rest, Ordering::Relaxed);
+            }
+        }
     }
 
     fn rotate(&self, st: &mut State) -> Result<(), StoreError> {
