@@ -24,7 +24,7 @@ fn server() -> NetworkServer {
     for (i, profile) in ["raw", "milesight-em310-udl", "dragino-lse01", "nas-ul20xx-lcu-fw1.1"].iter().enumerate() {
         ns.upsert_device(
             &format!("dev-{i}"),
-            DeviceInfo { profile: profile.to_string(), class: DeviceClass::A },
+            DeviceInfo { profile: profile.to_string(), class: DeviceClass::A, adr: true },
             Provisioning::Abp {
                 dev_addr: DevAddr(0x0102_0304 + i as u32),
                 nwk_s_key: Key128::new([2; 16]),
@@ -35,7 +35,7 @@ fn server() -> NetworkServer {
     }
     ns.upsert_device(
         "otaa",
-        DeviceInfo { profile: "raw".into(), class: DeviceClass::C },
+        DeviceInfo { profile: "raw".into(), class: DeviceClass::C, adr: true },
         Provisioning::Otaa { dev_eui: Eui64(0x0203_0405_0203_0405), join_eui: Eui64(0x0102_0304_0102_0304), app_key: Key128::new([1; 16]) },
     );
     ns
