@@ -36,12 +36,19 @@ use super::power_fail::{duration_text, Change, MainsPower};
 
 /// Requests journaled in one group commit, at most.
 const MAX_GROUP: usize = 512;
-/// The control loops' state is looked at this often and the parts that changed are saved (at once
-/// when an event fired, and at a clean stop); a state that has only grown older is not written. Five
-/// minutes, the default aggregate window: a device heard every few seconds costs one write of its
-/// open aggregate window per five minutes, not one per reading. A crash or power cut loses at most
-/// the last five minutes of the open windows' sums (the readings themselves are journaled).
+/// The control loops' state is looked at about this often and the parts that changed are saved (at
+/// once when an event fired, and at a clean stop); a state that has only grown older is not written.
+/// Five minutes, the default aggregate window: a device heard every few seconds costs one write of its
+/// open aggregate window per five minutes, not one per reading. The save waits for the tick that
+/// closes aggregate windows (from [`LOOPS_SAVE_EVERY`] minus [`LOOPS_SAVE_SLACK`] on): the open windows
+/// are empty then, so a device heard less than once a window (most sensors) has no part to write at
+/// all, where a save at any other moment would write its open window every time. Without such a tick
+/// the save comes [`LOOPS_SAVE_SLACK`] later. A crash or power cut loses at most the last 5¼ minutes of
+/// the open windows' sums (the readings themselves are journaled).
 const LOOPS_SAVE_EVERY: Duration = Duration::from_secs(300);
+/// See [`LOOPS_SAVE_EVERY`]: longer than a tick, so that with five-minute windows the closing tick
+/// always comes first and the saves stay aligned with it.
+const LOOPS_SAVE_SLACK: Duration = Duration::from_secs(15);
 /// How often class C queues and downlink timeouts are looked at.
 const TICK: Duration = Duration::from_millis(500);
 /// How often the store's housekeeping runs (acknowledgements to the log, deleting acknowledged
@@ -70,6 +77,12 @@ fn read_loops_state(store: &Store, legacy_file: &Path, now: DateTime<Utc>) -> Op
             None
         }
     }
+}
+
+/// Whether the periodic save of the control loops' state is due (see [`LOOPS_SAVE_EVERY`]).
+fn loops_save_due(since_last: Duration, windows_closed: bool) -> bool {
+    since_last >= LOOPS_SAVE_EVERY + LOOPS_SAVE_SLACK
+        || (windows_closed && since_last >= LOOPS_SAVE_EVERY - LOOPS_SAVE_SLACK)
 }
 
 /// The outbox record of a message, journaled under `seq`.
@@ -163,6 +176,8 @@ impl Pipeline {
                 _ = tick.tick() => {
                     let fx = self.district.on_input(crate::clock::now(), Input::Tick);
                     let save_now = fx.save_loops;
+                    let windows_closed =
+                        fx.records.iter().any(|m| matches!(m.topic(), crate::topic::Topic::Aggregate(_)));
                     self.apply(Batch::default(), fx).await;
                     if save_now {
                         self.save_loops().await;
@@ -172,7 +187,7 @@ impl Pipeline {
                         b.control = control;
                     }
                     // Not while on backup power: no flash writes that can wait.
-                    if last_save.elapsed() >= LOOPS_SAVE_EVERY && !self.mains.is_lost() {
+                    if loops_save_due(last_save.elapsed(), windows_closed) && !self.mains.is_lost() {
                         self.save_loops_if_changed().await;
                         last_save = tokio::time::Instant::now();
                     }
@@ -571,5 +586,21 @@ fn mac_note(device: &str, event: MacEvent) {
             %device, margin_db = d.margin_db, steps = d.steps, from_dr = d.from.dr, to_dr = d.to.dr,
             to_tx_power = d.to.tx_power, nb_trans = d.to.nb_trans, "ADR: LinkADRReq queued"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The periodic save of the loops' state follows the tick that closes aggregate windows (their open
+    /// windows are empty then), and without one comes a little after five minutes.
+    #[test]
+    fn the_loops_save_waits_for_closing_windows() {
+        let s = Duration::from_secs;
+        assert!(!loops_save_due(s(200), true), "not twice within a window");
+        assert!(!loops_save_due(s(300), false), "waits for the windows to close");
+        assert!(loops_save_due(s(290), true));
+        assert!(loops_save_due(s(315), false), "without closing windows, a little later");
     }
 }

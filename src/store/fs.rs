@@ -22,6 +22,11 @@ pub trait FsFile: Send + Sync + Debug {
     fn size(&self) -> io::Result<u64>;
     /// `fdatasync`: the contents (not the directory entry) are durable when this returns.
     fn sync_data(&self) -> io::Result<()>;
+    /// Reserves the file's first `len` bytes without writing them: its length becomes `len` and the new
+    /// part reads as zeros. Returns whether it did (not on a file system that cannot, nor when the
+    /// disk is nearly full). Once the length is durable, an `fdatasync` of later writes inside it
+    /// carries no file-size change (see `segment.rs`).
+    fn preallocate(&self, len: u64) -> io::Result<bool>;
 }
 
 /// A file handle as the store keeps it.
@@ -83,7 +88,32 @@ impl FsFile for RealFile {
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
+    fn preallocate(&self, len: u64) -> io::Result<bool> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        use std::os::fd::AsRawFd;
+        if self.size()? >= len {
+            return Ok(false);
+        }
+        // A reservation must not be what fills the disk: then sled and the next segment would fail
+        // where appending a little at a time would have gone on for a while.
+        let vfs = nix::sys::statvfs::fstatvfs(&self.0).map_err(io::Error::from)?;
+        // 32 bits on armhf, 64 elsewhere.
+        #[allow(clippy::useless_conversion)]
+        let free = u64::from(vfs.blocks_available()).saturating_mul(u64::from(vfs.fragment_size()));
+        if free < len.saturating_mul(MIN_FREE_SEGMENTS) {
+            return Ok(false);
+        }
+        let n = i64::try_from(len).map_err(io::Error::other)?;
+        match fallocate(self.0.as_raw_fd(), FallocateFlags::empty(), 0, n) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
+
+/// Segments are reserved ahead only while the disk has room for this many more.
+const MIN_FREE_SEGMENTS: u64 = 4;
 
 impl Fs for RealFs {
     fn create(&self, path: &Path) -> io::Result<FileRef> {

@@ -166,6 +166,9 @@ pub struct StoreOptions {
     /// are a window apart (interval durability, a few KB per window); per-commit fsyncs would
     /// waste most of a page each.
     pub pad_on_sync: bool,
+    /// Reserve each new segment's whole size when it is created (`segment::create_segment`), so that
+    /// appends never change the file's size.
+    pub preallocate: bool,
 }
 
 impl Default for StoreOptions {
@@ -179,6 +182,7 @@ impl Default for StoreOptions {
             segment_bytes: None,
             coalesce: Duration::ZERO,
             pad_on_sync: false,
+            preallocate: false,
         }
     }
 }
@@ -203,7 +207,13 @@ impl StoreOptions {
                 crate::config::DurabilityMode::Interval => Duration::ZERO,
             },
             pad_on_sync: b.durability == crate::config::DurabilityMode::Interval,
+            preallocate: true,
         }
+    }
+
+    /// How much of a new segment to reserve (`preallocate`).
+    fn reserve(&self) -> Option<u64> {
+        self.preallocate.then(|| self.segment_bytes())
     }
 
     fn segment_bytes(&self) -> u64 {

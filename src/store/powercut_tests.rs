@@ -255,6 +255,8 @@ impl Run {
             gateway_id: "gw".into(),
             segment_bytes: Some(if pad_on_sync { 4096 << rng.below(3) } else { 4096 }),
             pad_on_sync,
+            // As the daemon (half the runs): segments reserved whole at creation, read as zeros.
+            preallocate: rng.percent(50),
             ..StoreOptions::default()
         };
         let fs = SimFs::new();

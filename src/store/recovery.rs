@@ -79,6 +79,14 @@ fn move_aside(dir: &Path, fs: &dyn Fs, now: DateTime<Utc>) -> Result<PathBuf, St
     Ok(aside)
 }
 
+/// Whether the log has nothing written at `off`: an entry header of zeros (no entry is empty, so a
+/// written header never is). Segments are reserved ahead and read as zeros where nothing was written.
+fn unwritten_at(file: &dyn super::fs::FsFile, off: u64, len: u64) -> bool {
+    let mut h = [0u8; 8];
+    let n = usize::try_from(len.saturating_sub(off)).unwrap_or(usize::MAX).min(h.len());
+    file.read_exact_at(&mut h[..n], off).is_ok() && h[..n].iter().all(|b| *b == 0)
+}
+
 /// Copies a file and syncs the copy's contents (the caller syncs the directory).
 fn copy_file(fs: &dyn Fs, from: &Path, to: &Path) -> std::io::Result<()> {
     let bytes = fs.read(from)?;
@@ -171,6 +179,12 @@ impl Store {
                         off = next;
                     }
                     Ok(None) => break,
+                    Err(()) if unwritten_at(&*file, off, len) => {
+                        // The reserved rest of a segment (or a tail that was never written): the end
+                        // of the log, not damage. Given back, so a closed segment holds no reservation.
+                        file.set_len(off).map_err(io_err("trimming a segment"))?;
+                        break;
+                    }
                     Err(()) => {
                         report.entries_cut += 1;
                         if i + 1 == ids.len() {
@@ -240,7 +254,7 @@ impl Store {
             next_seq = next_seq.max(max_seq + SEQ_GAP_AFTER_DAMAGE);
         }
         let active_id = segments.keys().next_back().map_or(1, |id| id + 1);
-        let active = create_segment(&*fs, &wal, active_id)?;
+        let active = create_segment(&*fs, &wal, active_id, opts.reserve())?;
         let unsynced = vec![(active_id, active.file.clone())];
         segments.insert(active_id, active);
 

@@ -115,9 +115,22 @@ pub(super) fn seg_path(wal: &Path, id: u64) -> PathBuf {
 
 /// Creates a segment file and makes its directory entry durable (an fsync of the file's data does
 /// not: after a power cut the file could be gone with every entry in it).
-pub(super) fn create_segment(fs: &dyn Fs, wal: &Path, id: u64) -> Result<Segment, StoreError> {
+/// Creates segment `id`; with `reserve`, its whole size is reserved at once ([`FsFile::preallocate`](super::fs::FsFile::preallocate):
+/// `fallocate`, read back as zeros) and that length made durable here, once per segment. Appends then
+/// never grow the file, so the per-window `fdatasync` carries data only, not a new file size (on
+/// ext4 each size change is a journal commit of the inode: a few KiB of flash per fsync). Zeros still
+/// mean "not written": reading stops there (`recovery.rs`). Without the reservation (a file system that
+/// cannot, a nearly full disk) the segment grows as it is written, as before.
+pub(super) fn create_segment(fs: &dyn Fs, wal: &Path, id: u64, reserve: Option<u64>) -> Result<Segment, StoreError> {
     let path = seg_path(wal, id);
     let file = fs.create(&path).map_err(io_err(format!("creating {}", path.display())))?;
+    if let Some(len) = reserve {
+        match file.preallocate(len).and_then(|done| if done { file.sync_data() } else { Ok(()) }) {
+            Ok(()) => {}
+            // Not fatal: the segment is written as an ordinary growing file.
+            Err(e) => tracing::debug!(error = %e, segment = %path.display(), "reserving an outbox segment failed"),
+        }
+    }
     fs.sync_dir(wal).map_err(io_err("syncing wal"))?;
     Ok(Segment::new(id, path, file))
 }
@@ -250,7 +263,7 @@ impl Store {
         // file's unsynced tail), and the log would have a hole. Once per segment.
         self.sync_log_locked(st)?;
         let id = st.active + 1;
-        let seg = create_segment(&*self.inner.fs, &st.wal, id)?;
+        let seg = create_segment(&*self.inner.fs, &st.wal, id, self.inner.opts.reserve())?;
         st.unsynced.push((id, seg.file.clone()));
         st.segments.insert(id, seg);
         st.active = id;

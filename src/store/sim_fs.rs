@@ -274,6 +274,13 @@ impl FsFile for SimFile {
         node.pending.clear();
         Ok(())
     }
+    /// A length change to zeros, durable like any other at the next `sync_data`.
+    fn preallocate(&self, len: u64) -> io::Result<bool> {
+        if self.size()? >= len {
+            return Ok(false);
+        }
+        self.set_len(len).map(|()| true)
+    }
 }
 
 impl Fs for SimFs {

@@ -445,3 +445,37 @@ fn pad_on_sync_starts_each_window_on_a_fresh_page() {
     assert_eq!(s.fcnts().unwrap().get("d"), Some(&3));
     assert_eq!(s.fcnts().unwrap().len(), 1);
 }
+
+/// Reserved segments: a new segment has its whole size from the start and appends never grow it (the
+/// fsyncs carry no size change); reopening reads every entry up to the zeros (not counted as damage)
+/// and gives a closed segment's unused reservation back.
+#[test]
+fn reserved_segments_never_grow_and_read_back_to_their_last_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg_size = 64 << 10;
+    let o = StoreOptions { preallocate: true, segment_bytes: Some(seg_size), ..opts(16 << 20) };
+    let segs = || {
+        let mut v: Vec<_> = std::fs::read_dir(dir.path().join("wal")).unwrap().flatten().map(|e| e.path()).collect();
+        v.sort();
+        v.into_iter().map(|p| std::fs::metadata(p).unwrap().len()).collect::<Vec<_>>()
+    };
+    let mut seqs = Vec::new();
+    {
+        let s = Store::open_with(dir.path(), o.clone(), now()).unwrap();
+        assert_eq!(segs(), vec![seg_size], "reserved at creation");
+        for _ in 0..8 {
+            seqs.extend(put(&s, 40));
+            s.flush_blocking().unwrap();
+        }
+        let sizes = segs();
+        assert!(sizes.len() > 1, "the records span segments: {sizes:?}");
+        assert!(sizes.iter().all(|l| *l == seg_size), "no segment grew or shrank: {sizes:?}");
+    }
+    let s = Store::open_with(dir.path(), o, now()).unwrap();
+    assert_eq!(s.open_report().entries_cut, 0, "zeros after the last entry are not damage");
+    assert_eq!(s.read_from(0, 1000).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
+    let sizes = segs();
+    let (last, closed) = sizes.split_last().unwrap();
+    assert_eq!(*last, seg_size, "the new active segment is reserved");
+    assert!(closed.iter().all(|l| *l < seg_size), "closed segments give their reservation back: {sizes:?}");
+}
