@@ -232,6 +232,10 @@ pub struct DemandParams {
     /// see [`super::seed_from_str`], so that districts differ).
     #[serde(default)]
     pub seed: u64,
+    /// The §14a EnWG control input (`[demand_response.control_box]`), if the grid operator's control box
+    /// is wired to the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_box: Option<super::control_box::ControlBoxParams>,
 }
 
 fn default_interval_s() -> u32 {
@@ -312,6 +316,7 @@ impl DemandParams {
             report_window_s: default_report_window_s(),
             status_interval_s: default_status_interval_s(),
             seed: 0,
+            control_box: None,
         }
     }
 
@@ -390,6 +395,9 @@ impl DemandParams {
         }
         if !(1..=3600).contains(&self.status_interval_s) {
             bad("status_interval_s".into(), format!("expected 1..=3600, got {}", self.status_interval_s));
+        }
+        if let Some(cb) = &self.control_box {
+            cb.validate(&self.load, &mut bad);
         }
         if self.load.len() > 10_000 {
             bad("load".into(), format!("at most 10000 loads, got {}", self.load.len()));
