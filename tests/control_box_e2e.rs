@@ -52,11 +52,9 @@ impl Forwarder {
                 continue;
             }
             let v: Value = serde_json::from_slice(&b[4..n]).unwrap();
-            let data = base64::Engine::decode(
-                &base64::engine::general_purpose::STANDARD,
-                v["txpk"]["data"].as_str().unwrap(),
-            )
-            .unwrap();
+            let data =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["txpk"]["data"].as_str().unwrap())
+                    .unwrap();
             if let Ok(d) = open_downlink(&data, &wb.nwk_s_key, &wb.app_s_key) {
                 if d.f_port == Some(20) && d.payload.len() == 3 && d.payload[0] == 0x02 {
                     out.push(u16::from_be_bytes([d.payload[1], d.payload[2]]));
@@ -137,7 +135,7 @@ async fn start(gateway: &str, level: bool) -> Site {
     let mut fwd = Forwarder::new(daemon.gwmp_addrs[0], GW).await;
     let mut wb2 = wb.clone();
     fwd.up(wb2.uplink(b"hello")).await; // the route to the wallbox controller
-    // The Holley meter dump says 460 W, every 0.7 s: far under the 50 kW limit.
+                                        // The Holley meter dump says 460 W, every 0.7 s: far under the 50 kW limit.
     let dump = std::fs::read(common::vectors_dir().join("sml/libsml-testing/HOLLEY_DTZ541-ZDBA.bin")).unwrap();
     let meter_on = Arc::new(AtomicBool::new(true));
     let on = meter_on.clone();
@@ -189,7 +187,10 @@ async fn the_contact_reduces_every_load_to_its_minimum_and_the_time_is_reported(
     );
     assert_eq!(site.relays(), (Some(false), Some(false)), "SG-Ready state 2 (normal)");
     let last = site.statuses().last().cloned().unwrap();
-    assert_eq!((last["limit_reason"].as_str(), last["control_box"]["state"].as_str()), (Some("config"), Some("normal")));
+    assert_eq!(
+        (last["limit_reason"].as_str(), last["control_box"]["state"].as_str()),
+        (Some("config"), Some("normal"))
+    );
 
     // The grid operator's box closes its contact.
     site.contact.set_level(false);
@@ -244,7 +245,9 @@ async fn the_contact_reduces_every_load_to_its_minimum_and_the_time_is_reported(
     assert!(site.reduced_metric().is_some_and(|s| (s - duration).abs() < 0.01), "{:?}", site.reduced_metric());
     // Staggered: the two restores are not in the same status.
     let restored_together = site.statuses().iter().any(|s| {
-        s["loads"]["hp-1"]["state"] == "normal" && s["loads"]["wb-1"]["state"] == "normal" && s["limit_reason"] == "control_box"
+        s["loads"]["hp-1"]["state"] == "normal"
+            && s["loads"]["wb-1"]["state"] == "normal"
+            && s["limit_reason"] == "control_box"
     });
     assert!(!restored_together);
     site.stop().await;

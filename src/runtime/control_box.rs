@@ -98,7 +98,10 @@ mod tests {
         let mut cfg = ControlBoxParams::new(vec![22, 23]);
         cfg.debounce_ms = 150;
         let i = input_config(&cfg, 1, 23);
-        assert_eq!((i.name.as_str(), i.pin, i.active_low, i.pull, i.debounce_ms), ("control_box[1]", 23, true, Pull::Up, 150));
+        assert_eq!(
+            (i.name.as_str(), i.pin, i.active_low, i.pull, i.debounce_ms),
+            ("control_box[1]", 23, true, Pull::Up, 150)
+        );
         cfg.active_low = false;
         let i = input_config(&cfg, 0, 22);
         assert_eq!((i.pin, i.active_low, i.pull), (22, false, Pull::Down));

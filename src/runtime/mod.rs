@@ -199,7 +199,13 @@ impl Daemon {
             sources.push(status);
         }
         let control_box = config.demand_response.as_ref().and_then(|d| d.control_box.as_ref());
-        sources.extend(control_box::start(control_box, &hardware, control_tx.clone(), shutdown_rx.clone(), &mut tasks)?);
+        sources.extend(control_box::start(
+            control_box,
+            &hardware,
+            control_tx.clone(),
+            shutdown_rx.clone(),
+            &mut tasks,
+        )?);
         let (loops, relays) = build_loops(config, &hardware)?;
         let board =
             crate::ops::board::Board::new_shared(config.device.iter().map(|d| (d.name.clone(), d.profile.clone())));

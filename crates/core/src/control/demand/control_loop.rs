@@ -213,8 +213,7 @@ impl Demand {
                 let i = self.order[k];
                 let l = &self.loads[i];
                 let Some(&cap) = caps.get(i) else { continue };
-                let protected =
-                    mono < l.recovery_until || (!l.is_shed() && mono < l.on_at.saturating_add(l.min_on_ms));
+                let protected = mono < l.recovery_until || (!l.is_shed() && mono < l.on_at.saturating_add(l.min_on_ms));
                 if control_box::exceeds(l.state, cap) && !protected {
                     let e = self.estimate(now).map(|e| e.0);
                     self.set(i, cap, Reason::ControlBox, now, e, out);

@@ -66,9 +66,12 @@ mod windows;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 pub use commands::{ActionLog, LimitReason, LoadCommand, LoadState, Reason};
-pub use control_box::{ControlBoxEpisode, ControlBoxParams, ControlBoxStatus, ConnectionParams};
+pub use control_box::{ControlBoxEpisode, ControlBoxStatus};
 pub use events::{DrEvent, EventAck, EventError, MAX_EVENTS};
-pub use params::{DemandParams, LoadKind, LoadParams, OutputSpec, ParamsError, Problem, SECTION_14A_MIN_KW};
+pub use params::{
+    ConnectionParams, ControlBoxParams, DemandParams, LoadKind, LoadParams, OutputSpec, ParamsError, Problem,
+    SECTION_14A_MIN_KW,
+};
 pub use report::{LoadReport, Report, ReportScope};
 pub use status::{DrStatus, LoadStatus};
 

@@ -279,7 +279,8 @@ fn control_box_params_are_checked() {
         assert!(keys.iter().any(|x| x == k), "{k} not reported in {keys:?}");
     }
     // the TOML form, unknown keys refused
-    let toml_ok: Result<ControlBoxParams, _> = serde_json::from_value(serde_json::json!({"pins": [22], "debounce_ms": 50}));
+    let toml_ok: Result<ControlBoxParams, _> =
+        serde_json::from_value(serde_json::json!({"pins": [22], "debounce_ms": 50}));
     let cb = toml_ok.expect("parses");
     assert_eq!((cb.active_low, cb.shares()), (true, vec![1.0, 0.0]));
     let unknown: Result<ControlBoxParams, _> = serde_json::from_value(serde_json::json!({"pins": [22], "pin": 3}));
