@@ -97,6 +97,11 @@ pub enum Control {
     PowerFail {
         lost: bool,
     },
+    /// A contact of the §14a control box settled (`contact` indexes `demand_response.control_box.pins`).
+    ControlBox {
+        contact: usize,
+        closed: bool,
+    },
     /// A control-loop command (`lighting.*`, `dr.*`).
     Command {
         cmd: CommandName,

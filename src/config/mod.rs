@@ -5,7 +5,8 @@
 //! - [`values`]: broker URLs, public keys, hex/socket-address adapters.
 //! - `spans`, `collect`: key paths, positions in the spanned document, serde with error collection.
 //! - `validate`: the pipeline and the checks of values and cross-references (`power_fail`: the
-//!   `[power_fail]` input's, including pins used twice).
+//!   `[power_fail]` input's, including pins used twice; `control_box`: the §14a control box's pins
+//!   against the other GPIO users, and the loop's problems with it at their exact key).
 //! - [`mac`]: `[lorawan.adr]` and `[lorawan.mac]` (ADR and the MAC command engine) and their checks.
 //! - [`problem`]: [`ConfigProblem`] and [`ConfigErrors`].
 //!
@@ -15,6 +16,7 @@
 //! referenced files exist. Serial ports are deliberately not checked (adapters come and go).
 
 mod collect;
+mod control_box;
 mod keypath;
 pub mod mac;
 mod multicast;

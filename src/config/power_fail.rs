@@ -35,7 +35,7 @@ pub(super) fn check(
 }
 
 /// What else in the config uses BCM pin `pin`, if anything (e.g. `source[1].dio0_pin`).
-fn pin_user(pin: u8, sources: &[(usize, SourceConfig)], loads: &[(usize, LoadConfig)]) -> Option<String> {
+pub(super) fn pin_user(pin: u8, sources: &[(usize, SourceConfig)], loads: &[(usize, LoadConfig)]) -> Option<String> {
     for (i, s) in sources {
         if let SourceConfig::Sx127x(x) = s {
             if x.reset_pin == Some(pin) {

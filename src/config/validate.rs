@@ -415,6 +415,9 @@ fn check(docs: &[&Doc<'_>], base_dir: &Path, parts: &mut Parts, sink: &mut Sink)
     }
     if let Some(dr) = &parts.demand_response {
         check_demand_response(main, dr, &parts.loads, &meters, sink);
+        if let Some(cb) = &dr.control_box {
+            super::control_box::check(main, cb, &parts.sources, parts.power_fail.as_ref(), sink);
+        }
     }
     if let Some(pf) = &parts.power_fail {
         super::power_fail::check(main, pf, &parts.sources, &parts.loads, sink);
@@ -799,6 +802,13 @@ fn check_demand_response(
     let mut full = dr.clone();
     full.load = loads.iter().map(|(_, l)| l.clone()).collect();
     for problem in full.validate() {
+        if problem.key.starts_with("demand_response.control_box") {
+            // the control box's keys are all in the file: at their exact position
+            if let Some(path) = super::control_box::key_path(&problem.key) {
+                doc.problem(sink, path, problem.message.clone());
+                continue;
+            }
+        }
         if problem.key.ends_with(".meter") || problem.key.ends_with(".limit_kw") || problem.key.ends_with(".name") {
             continue; // reported above with their exact position
         }

@@ -9,9 +9,11 @@
 //! - `views.rs`: what the HTTP side sees (`/metrics`, the status page);
 //! - `forwarders.rs`: small tasks between local sources and the pipeline;
 //! - `power_fail.rs`: the power-fail input (watcher task) and the pipeline's view of mains power;
+//! - `control_box.rs`: the §14a control box's contacts (watcher tasks) into the demand-response loop;
 //! - `supervisor.rs`: the daemon under systemd (reloads with rollback, watchdog).
 
 mod builders;
+mod control_box;
 mod forwarders;
 mod pipeline;
 mod power_fail;
@@ -50,6 +52,8 @@ pub struct Hardware {
     pub relays: std::collections::HashMap<u32, crate::io::gpio::FakeOutput>,
     /// The `[power_fail]` input (a fake the test drives) instead of rppal.
     pub power_fail: Option<crate::io::gpio::FakeInput>,
+    /// The §14a control box's contacts by BCM pin (fakes the test drives) instead of rppal.
+    pub control_box: std::collections::HashMap<u8, crate::io::gpio::FakeInput>,
 }
 
 /// How the daemon is embedded: hardware replacements, and where `config.apply` requests go.
@@ -194,6 +198,14 @@ impl Daemon {
         {
             sources.push(status);
         }
+        let control_box = config.demand_response.as_ref().and_then(|d| d.control_box.as_ref());
+        sources.extend(control_box::start(
+            control_box,
+            &hardware,
+            control_tx.clone(),
+            shutdown_rx.clone(),
+            &mut tasks,
+        )?);
         let (loops, relays) = build_loops(config, &hardware)?;
         let board =
             crate::ops::board::Board::new_shared(config.device.iter().map(|d| (d.name.clone(), d.profile.clone())));

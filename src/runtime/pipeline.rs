@@ -396,6 +396,10 @@ impl Pipeline {
                 let _ = reply.send(self.status(crate::clock::now()));
             }
             Control::PowerFail { lost } => self.power_fail(lost).await,
+            Control::ControlBox { contact, closed } => {
+                let fx = self.district.on_input(crate::clock::now(), Input::ControlBox { contact, closed });
+                self.loop_effects(fx).await;
+            }
             Control::Command { cmd, args, reply } => {
                 let mut fx = self.district.on_input(crate::clock::now(), Input::Command { cmd, args });
                 let result = match fx.answer.take() {

@@ -24,8 +24,22 @@ pub(super) fn metrics_fn(
     use crate::ops::metrics::{MetricsSnapshot, ProcessStats, SourceMetrics};
     let gateway_id = config.gateway.id.clone();
     Arc::new(move || {
-        let lorawan = board.lock().ok().and_then(|b| b.control.get("lorawan").cloned()).unwrap_or_default();
-        let (gauges, extra_counters) = crate::ops::mac_view::metrics(&lorawan);
+        let (lorawan, dr) = board
+            .lock()
+            .ok()
+            .map(|b| (b.control.get("lorawan").cloned(), b.control.get("demand_response").cloned()))
+            .unwrap_or_default();
+        let (gauges, mut extra_counters) = crate::ops::mac_view::metrics(&lorawan.unwrap_or_default());
+        // The §14a control box: the time spent reduced, which the operator must document.
+        let reduced = dr.as_ref().and_then(|d| d.pointer("/control_box/reduced_s")).and_then(serde_json::Value::as_f64);
+        if let Some(value) = reduced {
+            extra_counters.push(crate::ops::metrics::ExtraGauge {
+                name: "control_box_reduced_seconds_total".into(),
+                help: "time the §14a EnWG control box kept the loads reduced since the start, in seconds".into(),
+                labels: Vec::new(),
+                value,
+            });
+        }
         let source_metrics = sources
             .iter()
             .map(|s| SourceMetrics {

@@ -50,6 +50,8 @@ pub enum Input {
     Command { cmd: CommandName, args: Value },
     /// The control loops' state saved before a restart; windows that closed meanwhile come out.
     RestoreLoops(LoopsState),
+    /// A settled contact of the §14a control box (`contact` indexes `demand_response.control_box.pins`).
+    ControlBox { contact: usize, closed: bool },
 }
 
 /// A message for the broker, in journal order. It has no seq yet: the shell allocates one when it
@@ -303,6 +305,10 @@ impl District {
             }
             Input::RestoreLoops(state) => {
                 let lo = self.loops.restore(state, now);
+                self.loop_output(now, lo, &mut fx);
+            }
+            Input::ControlBox { contact, closed } => {
+                let lo = self.loops.control_box(now, contact, closed);
                 self.loop_output(now, lo, &mut fx);
             }
         }

@@ -345,6 +345,17 @@ impl Loops {
         out
     }
 
+    /// A settled contact of the §14a control box (`contact` indexes `demand_response.control_box.pins`).
+    pub fn control_box(&mut self, now: DateTime<Utc>, contact: usize, closed: bool) -> LoopOutput {
+        match self.demand.as_mut() {
+            Some(d) => {
+                let o = d.handle(now, demand::Input::ControlBox { contact, closed });
+                self.demand_output(o)
+            }
+            None => LoopOutput::default(),
+        }
+    }
+
     /// `lighting.override` / `lighting.clear` / `dr.event` / `dr.cancel`.
     pub fn command(
         &mut self,
@@ -424,7 +435,8 @@ impl Loops {
             "lighting": self.lighting.as_ref().map(|l| l.status(now)),
             "demand_response": self.demand.as_ref().map(|d| {
                 let (limit, why) = d.limit();
-                json!({"limit_kw": limit, "limit_reason": why.to_string(), "events": d.booked_events()})
+                json!({"limit_kw": limit, "limit_reason": why.to_string(), "events": d.booked_events(),
+                    "control_box": d.control_box().map(|b| b.to_value())})
             }),
         })
     }
@@ -498,6 +510,11 @@ impl Loops {
         }
         for r in o.reports {
             out.publish.push(Publish::Json { topic: Topic::Aggregate("dr".into()), payload: r.to_value() });
+        }
+        // Each §14a episode's start and end (with its duration): the record the operator documents.
+        for e in o.control_box {
+            tracing::warn!(episode = %e.to_value(), "§14a control box");
+            out.publish.push(Publish::Json { topic: Topic::Event("control_box".into()), payload: e.to_value() });
         }
         out
     }

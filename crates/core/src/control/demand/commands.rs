@@ -76,6 +76,8 @@ pub enum Reason {
     Surplus,
     /// The surplus ended.
     SurplusEnd,
+    /// Reduced to what the §14a control box allows.
+    ControlBox,
 }
 
 impl Reason {
@@ -87,6 +89,7 @@ impl Reason {
             Reason::MaxBlocked => "max_blocked",
             Reason::Surplus => "surplus",
             Reason::SurplusEnd => "surplus_end",
+            Reason::ControlBox => "control_box",
         }
     }
 }
@@ -98,6 +101,8 @@ pub enum LimitReason {
     Event(String),
     MeterLost,
     HeartbeatLost,
+    /// The §14a control box reduces: its caps win over every limit.
+    ControlBox,
 }
 
 impl std::fmt::Display for LimitReason {
@@ -107,6 +112,7 @@ impl std::fmt::Display for LimitReason {
             LimitReason::Event(id) => write!(f, "event:{id}"),
             LimitReason::MeterLost => f.write_str("meter_lost"),
             LimitReason::HeartbeatLost => f.write_str("heartbeat_lost"),
+            LimitReason::ControlBox => f.write_str("control_box"),
         }
     }
 }

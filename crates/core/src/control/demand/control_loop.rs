@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::control_box::{self, Change};
 use super::report::Acc;
 use super::{
     add_ms, ActionLog, Demand, LimitReason, LoadCommand, LoadKind, LoadState, Output, Pending, Reason, MAX_PENDING,
@@ -29,6 +30,32 @@ impl Demand {
             return None;
         }
         Some((now - h).num_milliseconds() > i64::from(self.p.heartbeat_timeout_s) * 1000)
+    }
+
+    /// A settled contact of the control box: an episode starts or ends (the caps take effect in
+    /// [`Demand::control`]); when it ends, the first restore waits a random delay as after any relaxed
+    /// limit, and the loads come back one at a time.
+    pub(super) fn control_box_contact(&mut self, now: DateTime<Utc>, contact: usize, closed: bool, out: &mut Output) {
+        let mono = self.mono;
+        let Some(b) = self.cbox.as_mut() else { return };
+        match b.contact(contact, closed, now, mono) {
+            Change::Started(e) => {
+                tracing::warn!(stage = e.stage, "§14a control box: reduce");
+                out.control_box.push(e);
+            }
+            Change::Ended(e) => {
+                tracing::warn!(duration_s = e.duration_s.unwrap_or(0.0), "§14a control box: reduction over");
+                out.control_box.push(e);
+                let d = self.rng.range_ms(self.p.restore_delay_min_s, self.p.restore_delay_max_s);
+                self.next_restore = self.next_restore.max(mono.saturating_add(d));
+            }
+            Change::Restaged | Change::None => {}
+        }
+    }
+
+    /// The caps of the control box while it reduces.
+    fn box_caps(&self) -> Option<Vec<LoadState>> {
+        self.cbox.as_ref().and_then(|b| b.caps.clone())
     }
 
     pub(super) fn limit_in_force(&self, now: DateTime<Utc>) -> ((f64, LimitReason), bool, Vec<String>, u32) {
@@ -153,6 +180,9 @@ impl Demand {
             }
         }
         let (limit, surplus, _active, ramp) = self.limit_in_force(now);
+        let boxed = self.cbox.as_ref().is_some_and(|b| b.reducing());
+        // no load is encouraged while the control box reduces
+        let surplus = surplus && !boxed;
         if limit.0 > self.limit.0 + 1e-9 {
             // The limit relaxed (an event ended or was cancelled, a fail-safe ended): the first restore
             // waits a random delay too, so that gateways told at the same moment do not restore together.
@@ -160,6 +190,9 @@ impl Demand {
             self.next_restore = self.next_restore.max(self.mono.saturating_add(d));
         }
         self.limit = limit;
+        if boxed {
+            self.limit.1 = LimitReason::ControlBox;
+        }
         let limit_kw = self.limit.0;
         let est = self.estimate(now);
         let est_shed = est.map(|e| e.0);
@@ -171,6 +204,20 @@ impl Demand {
             if l.release_at.is_some_and(|r| mono >= r) {
                 let to = if surplus { l.boosted_state() } else { l.normal() };
                 self.set(i, to, Reason::MaxBlocked, now, est_shed, out);
+            }
+        }
+        // The control box: every load down to its cap, before any limit; only the loads' protection
+        // (min_on_s after a restore, recovery_s after a forced release) comes first.
+        if let Some(caps) = self.box_caps() {
+            for k in 0..self.order.len() {
+                let i = self.order[k];
+                let l = &self.loads[i];
+                let Some(&cap) = caps.get(i) else { continue };
+                let protected = mono < l.recovery_until || (!l.is_shed() && mono < l.on_at.saturating_add(l.min_on_ms));
+                if control_box::exceeds(l.state, cap) && !protected {
+                    let e = self.estimate(now).map(|e| e.0);
+                    self.set(i, cap, Reason::ControlBox, now, e, out);
+                }
             }
         }
         let est = self.estimate(now);
@@ -277,22 +324,33 @@ impl Demand {
 
     fn restore_one(&mut self, now: DateTime<Utc>, headroom: f64, est: f64, surplus: bool, out: &mut Output) {
         let mono = self.mono;
+        let caps = self.box_caps();
         for k in (0..self.order.len()).rev() {
             let i = self.order[k];
             let l = &self.loads[i];
             if !l.is_shed() || l.blocked_at.is_some_and(|b| mono < b.saturating_add(l.min_off_ms)) {
                 continue;
             }
+            let cap = caps.as_ref().and_then(|c| c.get(i).copied());
+            if cap.is_some_and(|c| control_box::exceeds(l.normal(), c) && l.p.kind != LoadKind::Setpoint) {
+                continue; // the control box keeps it blocked
+            }
             let to = match l.state {
                 LoadState::Setpoint { kw } => {
-                    let missing = l.p.rated_kw - kw;
+                    let ceiling = match cap {
+                        Some(LoadState::Setpoint { kw: c }) => c.min(l.p.rated_kw),
+                        _ => l.p.rated_kw,
+                    };
+                    let missing = ceiling - kw;
                     let inc = missing.min(headroom);
                     // raise in steps of at least 1 kW (or what is missing) to avoid chatter
                     if inc <= 0.0 || inc < missing.min(1.0) {
                         continue;
                     }
-                    if inc >= missing {
+                    if inc >= missing && ceiling >= l.p.rated_kw - 1e-9 {
                         l.normal()
+                    } else if inc >= missing {
+                        LoadState::Setpoint { kw: ceiling }
                     } else {
                         LoadState::Setpoint { kw: round_down_01(kw + inc).max(kw) }
                     }

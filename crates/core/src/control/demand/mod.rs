@@ -10,6 +10,8 @@
 //! `failsafe_limit_kw` for `failsafe_duration_s` (`heartbeat_lost`; city events are suspended meanwhile,
 //! because a missed cancel must not hold loads back; after the fail-safe time only the configured limit
 //! holds, EEBUS LPC's pattern); while the feeder meter is silent, `meter_lost_limit_kw` (`meter_lost`).
+//! Over all of them: while the §14a control box reduces, each load is capped at what the box allows
+//! (`control_box`, see [`control_box`]); only the loads' protection times come first.
 //!
 //! # The estimated feeder power
 //! The last valid reading plus the expected effect of the loop's own commands that the reading cannot show
@@ -49,6 +51,7 @@
 //! jump simply lasts longer.
 
 mod commands;
+pub mod control_box;
 mod control_loop;
 pub mod events;
 mod inputs;
@@ -63,11 +66,16 @@ mod windows;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 pub use commands::{ActionLog, LimitReason, LoadCommand, LoadState, Reason};
+pub use control_box::{ControlBoxEpisode, ControlBoxStatus};
 pub use events::{DrEvent, EventAck, EventError, MAX_EVENTS};
-pub use params::{DemandParams, LoadKind, LoadParams, OutputSpec, ParamsError, Problem, SECTION_14A_MIN_KW};
+pub use params::{
+    ConnectionParams, ControlBoxParams, DemandParams, LoadKind, LoadParams, OutputSpec, ParamsError, Problem,
+    SECTION_14A_MIN_KW,
+};
 pub use report::{LoadReport, Report, ReportScope};
 pub use status::{DrStatus, LoadStatus};
 
+use control_box::BoxState;
 use events::EventBook;
 use load::{Load, Pending, Reading};
 use report::Acc;
@@ -136,6 +144,8 @@ pub enum Input {
     Heartbeat { at: DateTime<Utc> },
     /// A load's own power reading, used as its reduction estimate for `meter_timeout_s`.
     LoadFeedback { load: String, at: DateTime<Utc>, power_kw: f64 },
+    /// A settled (debounced) contact of the §14a control box: `contact` indexes `control_box.pins`.
+    ControlBox { contact: usize, closed: bool },
 }
 
 /// Everything one call produces.
@@ -148,6 +158,8 @@ pub struct Output {
     pub reports: Vec<Report>,
     /// The answer to an `Event` or `Cancel` input.
     pub ack: Option<Result<EventAck, EventError>>,
+    /// Control-box episodes that started or ended.
+    pub control_box: Vec<ControlBoxEpisode>,
 }
 
 /// The demand-response loop of one feeder.
@@ -173,6 +185,7 @@ pub struct Demand {
     window: Option<Acc>,
     last_status: Option<DrStatus>,
     last_status_mono: i64,
+    cbox: Option<BoxState>,
 }
 
 impl Demand {
@@ -230,6 +243,7 @@ impl Demand {
             window: None,
             last_status: None,
             last_status_mono: i64::MIN / 4,
+            cbox: params.control_box.as_ref().map(|c| BoxState::new(c, &params.load)),
             p: params.clone(),
         })
     }
@@ -251,6 +265,11 @@ impl Demand {
     /// How a load is switched (for the shell).
     pub fn load_output(&self, name: &str) -> Option<&OutputSpec> {
         self.loads.iter().find(|l| l.p.name == name).and_then(|l| l.p.output.as_ref())
+    }
+
+    /// The control box's state, if one is configured.
+    pub fn control_box(&self) -> Option<ControlBoxStatus> {
+        self.cbox.as_ref().map(|b| b.status(self.mono))
     }
 
     /// Ids of the booked city events (active or future).
@@ -292,6 +311,7 @@ impl Demand {
                     }
                 }
             }
+            Input::ControlBox { contact, closed } => self.control_box_contact(now, contact, closed, &mut out),
         }
         self.control(now, &mut out);
         self.status(now, &mut out);

@@ -232,6 +232,10 @@ pub struct DemandParams {
     /// see [`super::seed_from_str`], so that districts differ).
     #[serde(default)]
     pub seed: u64,
+    /// The §14a EnWG control input (`[demand_response.control_box]`), if the grid operator's control box
+    /// is wired to the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_box: Option<ControlBoxParams>,
 }
 
 fn default_interval_s() -> u32 {
@@ -312,6 +316,7 @@ impl DemandParams {
             report_window_s: default_report_window_s(),
             status_interval_s: default_status_interval_s(),
             seed: 0,
+            control_box: None,
         }
     }
 
@@ -390,6 +395,9 @@ impl DemandParams {
         }
         if !(1..=3600).contains(&self.status_interval_s) {
             bad("status_interval_s".into(), format!("expected 1..=3600, got {}", self.status_interval_s));
+        }
+        if let Some(cb) = &self.control_box {
+            cb.validate(&self.load, &mut bad);
         }
         if self.load.len() > 10_000 {
             bad("load".into(), format!("at most 10000 loads, got {}", self.load.len()));
@@ -508,5 +516,134 @@ impl DemandParams {
             }
         }
         p
+    }
+}
+
+/// `[demand_response.control_box]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlBoxParams {
+    /// One or two BCM input pins: the box's contacts (bit 0, bit 1 of the stage).
+    pub pins: Vec<u32>,
+    /// A closed contact pulls the pin low (pull-up); otherwise it pulls it high (pull-down).
+    #[serde(default = "default_active_low")]
+    pub active_low: bool,
+    /// A contact change counts once it has held this long, ms.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+    /// The share of each stage (index = contact value): 1 = normal, 0 = the §14a minimum. Default:
+    /// every closed contact means the minimum (`[1, 0]`, `[1, 0, 0, 0]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Vec<f64>>,
+    /// Grid connections with more than one controllable load: they share the aggregate minimum.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connection: Vec<ConnectionParams>,
+}
+
+/// `[[demand_response.control_box.connection]]`: the loads behind one grid connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionParams {
+    pub name: String,
+    pub loads: Vec<String>,
+}
+
+fn default_active_low() -> bool {
+    true
+}
+fn default_debounce_ms() -> u64 {
+    200
+}
+
+/// Longest debounce: the signal must act within seconds.
+pub const MAX_DEBOUNCE_MS: u64 = 10_000;
+
+impl ControlBoxParams {
+    pub fn new(pins: Vec<u32>) -> ControlBoxParams {
+        ControlBoxParams {
+            pins,
+            active_low: default_active_low(),
+            debounce_ms: default_debounce_ms(),
+            stages: None,
+            connection: Vec::new(),
+        }
+    }
+
+    /// The share of every stage (the configured ones, or the default).
+    pub fn shares(&self) -> Vec<f64> {
+        match &self.stages {
+            Some(s) => s.clone(),
+            None => {
+                let n = 1usize << self.pins.len().min(2);
+                (0..n).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect()
+            }
+        }
+    }
+
+    pub(super) fn validate(&self, loads: &[LoadParams], bad: &mut dyn FnMut(String, String)) {
+        const K: &str = "control_box";
+        if !(1..=2).contains(&self.pins.len()) {
+            bad(format!("{K}.pins"), format!("expected 1 or 2 pins, got {}", self.pins.len()));
+        }
+        for (j, pin) in self.pins.iter().enumerate() {
+            if *pin > 53 {
+                bad(format!("{K}.pins[{j}]"), format!("expected a BCM pin 0..=53, got {pin}"));
+            } else if self.pins[..j].contains(pin) {
+                bad(format!("{K}.pins[{j}]"), format!("pin {pin} is listed twice"));
+            }
+            for (i, l) in loads.iter().enumerate() {
+                if let Some(OutputSpec::Gpio { pins, .. }) = &l.output {
+                    if pins.contains(pin) {
+                        bad(format!("{K}.pins[{j}]"), format!("pin {pin} is already used by load[{i}] ({:?})", l.name));
+                    }
+                }
+            }
+        }
+        if self.debounce_ms > MAX_DEBOUNCE_MS {
+            bad(format!("{K}.debounce_ms"), format!("expected 0..={MAX_DEBOUNCE_MS}, got {}", self.debounce_ms));
+        }
+        if let Some(stages) = &self.stages {
+            let want = 1usize << self.pins.len().min(2);
+            if stages.len() != want {
+                bad(
+                    format!("{K}.stages"),
+                    format!(
+                        "{} pin(s) give {want} stages (one share per contact value), got {}",
+                        self.pins.len(),
+                        stages.len()
+                    ),
+                );
+            }
+            for (i, s) in stages.iter().enumerate() {
+                if !(s.is_finite() && (0.0..=1.0).contains(s)) {
+                    bad(
+                        format!("{K}.stages[{i}]"),
+                        format!("expected a share 0..=1 (1 = normal, 0 = the §14a minimum), got {s}"),
+                    );
+                }
+            }
+        }
+        let mut seen: Vec<(&str, usize)> = Vec::new();
+        for (c, conn) in self.connection.iter().enumerate() {
+            let k = format!("{K}.connection[{c}]");
+            if !valid_name(&conn.name) {
+                bad(format!("{k}.name"), format!("expected a name [A-Za-z0-9_.-]{{1,64}}, got {:?}", conn.name));
+            }
+            if conn.loads.len() < 2 {
+                bad(
+                    format!("{k}.loads"),
+                    "a connection lists 2 or more loads (a single load has the 4.2 kW minimum of its own)".into(),
+                );
+            }
+            for (j, name) in conn.loads.iter().enumerate() {
+                if !loads.iter().any(|l| &l.name == name) {
+                    bad(format!("{k}.loads[{j}]"), format!("no demand_response.load is named {name:?}"));
+                } else if let Some((_, other)) = seen.iter().find(|(n, _)| n == name) {
+                    bad(format!("{k}.loads[{j}]"), format!("load {name:?} is already behind connection[{other}]"));
+                } else {
+                    seen.push((name, c));
+                }
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use super::{rfc3339, Demand, LimitReason, LoadState, Output};
+use super::{rfc3339, ControlBoxStatus, Demand, LimitReason, LoadState, Output};
 
 /// A load's entry in [`DrStatus`].
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +30,8 @@ pub struct DrStatus {
     /// In config order.
     pub loads: Vec<(String, LoadStatus)>,
     pub invalid_readings: u64,
+    /// The §14a control box, if one is configured.
+    pub control_box: Option<ControlBoxStatus>,
 }
 
 fn r3(x: f64) -> f64 {
@@ -43,7 +45,8 @@ impl DrStatus {
 
     /// PRODUCT.md's `{"at","limit_kw","limit_reason","measured_kw","loads":{"hp-12":{"state","since"}}}`,
     /// plus `meter_ok`, `heartbeat`, `surplus`, `active_events`, `invalid_readings` and per load the
-    /// commanded value (`sg_ready` / `setpoint_kw` / `on`).
+    /// commanded value (`sg_ready` / `setpoint_kw` / `on`); with a control box, `control_box`
+    /// (`state`, `stage`, `since`, `reduced_s`).
     pub fn to_value(&self) -> Value {
         let mut loads = Map::new();
         for (n, s) in &self.loads {
@@ -53,7 +56,7 @@ impl DrStatus {
             }
             loads.insert(n.clone(), v);
         }
-        json!({
+        let mut v = json!({
             "at": rfc3339(self.at),
             "limit_kw": r3(self.limit_kw),
             "limit_reason": self.limit_reason.to_string(),
@@ -64,7 +67,11 @@ impl DrStatus {
             "active_events": self.active_events,
             "invalid_readings": self.invalid_readings,
             "loads": loads,
-        })
+        });
+        if let (Some(b), Some(o)) = (&self.control_box, v.as_object_mut()) {
+            o.insert("control_box".into(), b.to_value());
+        }
+        v
     }
 
     pub fn to_json(&self) -> String {
@@ -100,6 +107,7 @@ impl Demand {
                 })
                 .collect(),
             invalid_readings: self.invalid_readings,
+            control_box: self.control_box(),
         };
         let changed = match &self.last_status {
             None => true,
@@ -112,6 +120,8 @@ impl Demand {
                     || o.surplus != st.surplus
                     || o.active_events != st.active_events
                     || o.loads != st.loads
+                    || o.control_box.as_ref().map(|b| (b.state, b.stage))
+                        != st.control_box.as_ref().map(|b| (b.state, b.stage))
             }
         };
         let due = self.mono >= self.last_status_mono.saturating_add(i64::from(self.p.status_interval_s) * 1000);

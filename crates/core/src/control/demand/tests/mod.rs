@@ -3,6 +3,7 @@
 //! wake-up to the next.
 
 mod city_events;
+mod control_box;
 mod params_validation;
 mod properties;
 mod simulated_day;
@@ -145,6 +146,8 @@ struct Sim {
     acks: Vec<Result<EventAck, EventError>>,
     /// (time, plant power, uncontrolled power) at each reading.
     samples: Vec<(DateTime<Utc>, f64, f64)>,
+    /// Control-box episodes as they started and ended.
+    episodes: Vec<ControlBoxEpisode>,
 }
 
 impl Sim {
@@ -164,6 +167,7 @@ impl Sim {
             statuses: vec![],
             acks: vec![],
             samples: vec![],
+            episodes: vec![],
         };
         let out = s.d.tick(start);
         s.record(out);
@@ -183,6 +187,7 @@ impl Sim {
         self.reports.extend(out.reports);
         self.statuses.extend(out.status);
         self.acks.extend(out.ack);
+        self.episodes.extend(out.control_box);
     }
 
     fn input(&mut self, input: Input) {
