@@ -12,6 +12,7 @@ pub mod link;
 mod records;
 mod transport;
 mod vendor;
+mod wired;
 
 #[cfg(test)]
 mod tests;
@@ -91,8 +92,26 @@ pub struct DecodeOptions {
 
 /// Parses the link-layer header (L, C, M, A) of `frame` (with or without block CRCs).
 pub fn parse_link_header(frame: &[u8]) -> Result<LinkHeader, WmbusError> {
-    let (frame, _) = crc::strip_crcs(frame)?;
-    link::parse(&frame)
+    Ok(split(frame)?.0)
+}
+
+/// The link header, the bytes after it (from the first CI on), M ‖ A for the IV, and warnings. Handles
+/// wireless frames with or without block CRCs, and wired M-Bus long frames.
+fn split(frame: &[u8]) -> Result<(LinkHeader, Vec<u8>, [u8; 8], Vec<String>), WmbusError> {
+    if let Some((header, body)) = wired::split(frame)? {
+        // M ‖ A for the IV comes from the long TPL header (CI 0x72), which `wired` requires.
+        return Ok((header, body.to_vec(), [0; 8], Vec::new()));
+    }
+    let (frame, _framing) = crc::strip_crcs(frame)?;
+    let header = link::parse(&frame)?;
+    let mut warnings = Vec::new();
+    if usize::from(header.l_field) + 1 != frame.len() {
+        warnings.push(format!("L-field says {} bytes, frame has {}", usize::from(header.l_field) + 1, frame.len()));
+    }
+    let mut m_a = [0u8; 8];
+    m_a.copy_from_slice(frame.get(2..link::HEADER_LEN).unwrap_or(&[0; 8]));
+    let body = frame.get(link::HEADER_LEN..).unwrap_or(&[]).to_vec();
+    Ok((header, body, m_a, warnings))
 }
 
 /// Decodes a whole telegram; `key` is the meter's AES-128 key for security mode 5.
@@ -103,16 +122,8 @@ pub fn decode_telegram(frame: &[u8], key: Option<&[u8; 16]>) -> Result<Telegram,
 
 /// [`decode_telegram`] with options.
 pub fn decode_telegram_with(frame: &[u8], key: Option<&[u8; 16]>, opts: DecodeOptions) -> Result<Telegram, WmbusError> {
-    let (frame, _framing) = crc::strip_crcs(frame)?;
-    let header = link::parse(&frame)?;
-    let mut warnings = Vec::new();
-    if usize::from(header.l_field) + 1 != frame.len() {
-        warnings.push(format!("L-field says {} bytes, frame has {}", usize::from(header.l_field) + 1, frame.len()));
-    }
-    let mut m_a = [0u8; 8];
-    m_a.copy_from_slice(frame.get(2..link::HEADER_LEN).unwrap_or(&[0; 8]));
-    let after_header = frame.get(link::HEADER_LEN..).unwrap_or(&[]);
-    let (h, rest) = transport::parse(after_header, m_a)?;
+    let (header, body, m_a, warnings) = split(frame)?;
+    let (h, rest) = transport::parse(&body, m_a)?;
     let mut t = Telegram {
         header,
         access_number: h.access_number,
@@ -143,7 +154,7 @@ pub fn decode_telegram_with(frame: &[u8], key: Option<&[u8; 16]>, opts: DecodeOp
         vendor::decode_ci(&mut t, h.ci, &payload)?;
         return Ok(t);
     }
-    let mfct = records::decode(&payload, &mut t.metrics, &mut t.warnings)?;
-    vendor::after_records(&mut t, mfct);
+    let left = records::decode(&payload, &mut t.metrics, &mut t.warnings)?;
+    vendor::after_records(&mut t, &left);
     Ok(t)
 }

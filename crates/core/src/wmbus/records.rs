@@ -37,6 +37,8 @@ enum Meaning {
     Plain { name: &'static str },
     /// Understood but not a metric (e.g. access number, fill).
     Skip,
+    /// A manufacturer-specific VIF: left to the vendor decoders.
+    Manufacturer,
     /// Not understood: the record is skipped with a warning naming the VIF.
     Unknown(String),
 }
@@ -129,15 +131,36 @@ fn ext_fb(e: u8) -> Meaning {
     }
 }
 
-/// Decodes every record of `payload` into `metrics`. Returns the manufacturer-specific data that follows a
-/// DIF 0x0F/0x1F, if any (for the vendor decoders).
-pub fn decode<'a>(payload: &'a [u8], metrics: &mut Metrics, warnings: &mut Vec<String>) -> Result<Option<&'a [u8]>, WmbusError> {
+/// A record with a manufacturer-specific VIF (0x7F/0xFF), kept for the vendor decoders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfctRecord {
+    pub dif: u8,
+    /// The VIFE bytes after the 0xFF VIF.
+    pub vifes: Vec<u8>,
+    /// The data field (for variable length data, without its LVAR byte).
+    pub data: Vec<u8>,
+}
+
+/// What the records leave for the vendor decoders.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers<'a> {
+    /// Manufacturer-specific data after a DIF 0x0F/0x1F.
+    pub tail: Option<&'a [u8]>,
+    pub mfct_records: Vec<MfctRecord>,
+}
+
+/// Decodes every record of `payload` into `metrics`; returns what only a vendor decoder can read.
+pub fn decode<'a>(payload: &'a [u8], metrics: &mut Metrics, warnings: &mut Vec<String>) -> Result<Leftovers<'a>, WmbusError> {
+    let mut left = Leftovers::default();
     let mut r = Reader::new(payload);
     while !r.is_empty() {
         let dif = r.u8()?;
         match dif {
             0x2F => continue, // idle filler
-            0x0F | 0x1F => return Ok(Some(r.rest())),
+            0x0F | 0x1F => {
+                left.tail = Some(r.rest());
+                return Ok(left);
+            }
             0x7F => continue, // global readout request
             _ => {}
         }
@@ -161,13 +184,19 @@ pub fn decode<'a>(payload: &'a [u8], metrics: &mut Metrics, warnings: &mut Vec<S
         let start = payload.len() - r.remaining();
         let raw = read_data(&mut r, dif & 0x0F)?;
         let data = payload.get(start..payload.len() - r.remaining()).unwrap_or(&[]);
+        if meaning == Meaning::Manufacturer {
+            let data = if dif & 0x0F == 0x0D { data.get(1..).unwrap_or(&[]) } else { data };
+            left.mfct_records.push(MfctRecord { dif, vifes, data: data.to_vec() });
+            continue;
+        }
         let mut suffix = String::new();
         let mut exp_adj = 0;
         for &v in &vifes {
             match v & 0x7F {
                 0x3B => suffix.push_str("_forward"),
                 0x3C => suffix.push_str("_backward"),
-                0x3A => {}
+                // 0x00: "no error" code; 0x3A: the VIF's unit is uncorrected.
+                0x00 | 0x3A => {}
                 0x70..=0x77 => exp_adj += i32::from(v & 0x07) - 6,
                 0x7D => exp_adj += 3,
                 other => {
@@ -187,7 +216,7 @@ pub fn decode<'a>(payload: &'a [u8], metrics: &mut Metrics, warnings: &mut Vec<S
             }
         }
         let (name, value) = match meaning {
-            Meaning::Skip => continue,
+            Meaning::Skip | Meaning::Manufacturer => continue,
             Meaning::Unknown(what) => {
                 warnings.push(format!("record with {what} skipped"));
                 continue;
@@ -218,7 +247,7 @@ pub fn decode<'a>(payload: &'a [u8], metrics: &mut Metrics, warnings: &mut Vec<S
             metrics.insert(key, value);
         }
     }
-    Ok(None)
+    Ok(left)
 }
 
 /// Reads the VIF and its VIFEs: what the record means, and the combinable VIFEs that follow.
@@ -242,7 +271,7 @@ fn read_vif(r: &mut Reader<'_>) -> Result<(Meaning, Vec<u8>), WmbusError> {
             Meaning::Unknown(format!("plain-text unit {unit:?}"))
         }
         0x7E | 0xFE => Meaning::Unknown("VIF 0x7e (any)".into()),
-        0x7F | 0xFF => Meaning::Unknown("manufacturer-specific VIF".into()),
+        0x7F | 0xFF => Meaning::Manufacturer,
         v => primary(v),
     };
     let mut vifes = Vec::new();
@@ -345,6 +374,11 @@ fn scaled(raw: &Raw, exp: i32, factor: f64) -> Option<Value> {
     let v = if exp >= 0 { v * 10f64.powi(exp) } else { v / 10f64.powi(-exp) };
     let v = if factor == 1.0 { v } else { crate::decode::round_to(v * factor, 6) };
     serde_json::Number::from_f64(v).map(Value::Number)
+}
+
+/// `v` × 10^exp as a JSON number, exact to the decimal (12345, -3 → 12.345).
+pub fn decimal(v: i64, exp: i32) -> Value {
+    scaled(&Raw::Int(v), exp, 1.0).unwrap_or(Value::Null)
 }
 
 fn plain(raw: &Raw) -> Option<Value> {
