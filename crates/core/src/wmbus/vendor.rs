@@ -10,8 +10,80 @@ use super::{Telegram, WmbusError};
 
 /// Telegrams with a manufacturer-specific CI (or a compact frame): decoded where the family is known.
 pub fn decode_ci(t: &mut Telegram, ci: u8, payload: &[u8]) -> Result<(), WmbusError> {
-    let _ = (t, payload);
-    Err(WmbusError::UnsupportedCi(ci))
+    let (v, ty) = (t.header.version, t.header.device_type);
+    let found = match (t.header.manufacturer.as_str(), ci) {
+        ("TCH", 0xA0..=0xA2) => techem(t, v, ty, payload),
+        ("APT", 0xA0) => apator_a0(t, v, ty, payload),
+        _ => false,
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(WmbusError::UnsupportedCi(ci))
+    }
+}
+
+fn u16_at(p: &[u8], i: usize) -> Option<i64> {
+    Some(i64::from(u16::from_le_bytes(p.get(i..i + 2)?.try_into().ok()?)))
+}
+
+fn u24_at(p: &[u8], i: usize) -> Option<i64> {
+    let b = p.get(i..i + 3)?;
+    Some(i64::from(u32::from_le_bytes([b[0], b[1], b[2], 0])))
+}
+
+fn u32_at(p: &[u8], i: usize) -> Option<i64> {
+    Some(i64::from(u32::from_le_bytes(p.get(i..i + 4)?.try_into().ok()?)))
+}
+
+/// Techem (TCH) meters with a manufacturer CI. The meter sends the total at the last due date and the
+/// consumption since; the total is their sum.
+/// - Water (type 0x62 warm, 0x72 cold), versions 0x74 (MK Radio 3), 0x70/0x95 (MK Radio 4): due-date
+///   total at bytes 3..5 and consumption at 7..9, both in 0.1 m³; version 0x50 (MK Radio 3a): the total
+///   at bytes 4..6 in 0.1 m³.
+/// - Heat (type 0x04/0x43/0xC3), versions 0x22/0x39/0x45 (Compact V/5): kWh, 3 bytes at 3 and 7;
+///   version 0x27 (Vario 4.51): MJ, 2 bytes at 3 and 7.
+fn techem(t: &mut Telegram, version: u8, ty: u8, p: &[u8]) -> bool {
+    let (name, total) = match (ty, version) {
+        (0x62 | 0x72, 0x74 | 0x70 | 0x95) => match (u16_at(p, 3), u16_at(p, 7)) {
+            (Some(a), Some(b)) => ("volume_m3", super::records::decimal(a + b, -1)),
+            _ => return false,
+        },
+        (0x62 | 0x72, 0x50) => match u16_at(p, 4) {
+            Some(a) => ("volume_m3", super::records::decimal(a, -1)),
+            None => return false,
+        },
+        (0x04 | 0x43 | 0xC3, 0x22 | 0x39 | 0x45) => match (u24_at(p, 3), u24_at(p, 7)) {
+            (Some(a), Some(b)) => ("energy_kwh", Value::from(a + b)),
+            _ => return false,
+        },
+        (0x04 | 0x43 | 0xC3, 0x27) => match (u16_at(p, 3), u16_at(p, 7)) {
+            (Some(a), Some(b)) => ("energy_kwh", mj_to_kwh(a + b)),
+            _ => return false,
+        },
+        _ => return false,
+    };
+    put_if_absent(t, name, total);
+    true
+}
+
+fn mj_to_kwh(mj: i64) -> Value {
+    serde_json::Number::from_f64(crate::decode::round_to(mj as f64 / 3.6, 6)).map_or(Value::Null, Value::Number)
+}
+
+/// Apator (APT) meters with CI 0xA0: the first 4 bytes are the total in thirds of a unit: litres for
+/// the AT-WMBUS-08 (version/type 0x03/0x03, 0x0F/0x0F), m³ for the AT-WMBUS-17-2 (0x04/0x11).
+fn apator_a0(t: &mut Telegram, version: u8, ty: u8, p: &[u8]) -> bool {
+    let Some(thirds) = u32_at(p, 0) else { return false };
+    let m3 = match (version, ty) {
+        (0x03, 0x03) | (0x0F, 0x0F) => thirds as f64 / 3000.0,
+        (0x04, 0x11) => thirds as f64 / 3.0,
+        _ => return false,
+    };
+    if let Some(n) = serde_json::Number::from_f64(crate::decode::round_to(m3, 6)) {
+        put_if_absent(t, "volume_m3", Value::Number(n));
+    }
+    true
 }
 
 /// Manufacturer data after the generic records, where the family is known.
