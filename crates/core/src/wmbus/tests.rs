@@ -7,9 +7,8 @@ fn hex(s: &str) -> Vec<u8> {
 
 /// wmbusmeters' `kadenwater` case: a mode 5 (AES-CBC) water meter telegram and its test key.
 const KADEN: &str = "4e4430590010221901077a71004005f8c0d59e1536f306ffcd58075fda84b6f21fc0f33df92c8cf5fcab599bd1fe73b0db2e5d9e6d8a2e3363d67db2cdaf16c26d57886b70ee0f77fc116753809bb5";
-const KADEN_KEY: [u8; 16] = [
-    0x82, 0xB0, 0x55, 0x11, 0x91, 0xF5, 0x1D, 0x66, 0xEF, 0xCD, 0xAB, 0x89, 0x67, 0x45, 0x23, 0x01,
-];
+const KADEN_KEY: [u8; 16] =
+    [0x82, 0xB0, 0x55, 0x11, 0x91, 0xF5, 0x1D, 0x66, 0xEF, 0xCD, 0xAB, 0x89, 0x67, 0x45, 0x23, 0x01];
 
 #[test]
 fn plain_short_header_telegram() {
