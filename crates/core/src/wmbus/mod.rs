@@ -95,9 +95,12 @@ pub fn parse_link_header(frame: &[u8]) -> Result<LinkHeader, WmbusError> {
     Ok(split(frame)?.0)
 }
 
+/// A frame split into its link header, the bytes after it, M ‖ A for the IV, and warnings.
+type Split = (LinkHeader, Vec<u8>, [u8; 8], Vec<String>);
+
 /// The link header, the bytes after it (from the first CI on), M ‖ A for the IV, and warnings. Handles
 /// wireless frames with or without block CRCs, and wired M-Bus long frames.
-fn split(frame: &[u8]) -> Result<(LinkHeader, Vec<u8>, [u8; 8], Vec<String>), WmbusError> {
+fn split(frame: &[u8]) -> Result<Split, WmbusError> {
     if let Some((header, body)) = wired::split(frame)? {
         // M ‖ A for the IV comes from the long TPL header (CI 0x72), which `wired` requires.
         return Ok((header, body.to_vec(), [0; 8], Vec::new()));

@@ -91,7 +91,7 @@ fn duration(name: &str, nn: i32) -> Meaning {
 fn ext_fd(e: u8) -> Meaning {
     let n = i32::from(e & 0x0F);
     match e & 0x7F {
-        0x08 | 0x09 | 0x0A | 0x0B => Meaning::Skip, // access number, medium, manufacturer, parameter set
+        0x08..=0x0B => Meaning::Skip, // access number, medium, manufacturer, parameter set
         0x0C => Meaning::Plain { name: "model_version" },
         0x0D => Meaning::Plain { name: "hardware_version" },
         0x0E => Meaning::Plain { name: "firmware_version" },
