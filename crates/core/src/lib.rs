@@ -23,3 +23,4 @@ pub mod reading;
 #[doc(hidden)]
 pub mod test_support;
 pub mod topic;
+pub mod wmbus;
