@@ -26,11 +26,14 @@ pub struct RadioFrame {
     pub origin: Origin,
 }
 
-/// One smart-meter sample (an SML frame's OBIS values), as the meter source hands it over: the core
-/// turns it into a reading ([`crate::reading::Reading::from_meter`]).
+/// One meter sample (an SML frame's OBIS values, or a configured wireless M-Bus meter's decoded
+/// telegram), as the meter source hands it over: the core turns it into a reading
+/// ([`crate::reading::Reading::from_sample`]).
 #[derive(Debug, Clone)]
 pub struct MeterSample {
     pub device: String,
     pub at: chrono::DateTime<chrono::Utc>,
     pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Set for a wireless M-Bus meter: its link-layer identity and reception.
+    pub wmbus: Option<crate::reading::WmbusMeta>,
 }

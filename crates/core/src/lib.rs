@@ -23,3 +23,5 @@ pub mod reading;
 #[doc(hidden)]
 pub mod test_support;
 pub mod topic;
+pub mod wmbus_meters;
+pub mod wmbus_stick;
