@@ -23,5 +23,6 @@ pub mod reading;
 #[doc(hidden)]
 pub mod test_support;
 pub mod topic;
+pub mod wmbus;
 pub mod wmbus_meters;
 pub mod wmbus_stick;
