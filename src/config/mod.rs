@@ -23,6 +23,7 @@ pub mod problem;
 pub mod radio;
 pub mod schema;
 mod spans;
+mod wmbus;
 mod validate;
 pub mod values;
 

@@ -30,7 +30,7 @@ pub struct WmbusMeter {
 }
 
 /// What became of one telegram.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Heard {
     /// A configured meter's telegram, decoded: hand it to the pipeline.
     Sample(Box<MeterSample>),
@@ -75,7 +75,8 @@ impl MeterTable {
             ms.iter().find(|m| m.manufacturer.as_deref().is_none_or(|want| want.eq_ignore_ascii_case(&header.manufacturer)))
         });
         let Some(meter) = meter else {
-            return Heard::Foreign { manufacturer: header.manufacturer, device_type: header.device_type_name() };
+            let device_type = header.device_type_name();
+            return Heard::Foreign { manufacturer: header.manufacturer, device_type };
         };
         match wmbus::decode_telegram(frame, meter.key.as_ref().map(Key128::expose)) {
             Ok(t) => Heard::Sample(Box::new(MeterSample {
@@ -93,5 +94,81 @@ impl MeterTable {
             })),
             Err(error) => Heard::Failed { device: meter.device.clone(), error },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plaintext (config word 0) water meter telegrams: KAM 12345678 and DME 87654321, volume 1234 l.
+    const OURS: &str = "14442D2C785634121B077A420000000413D2040000";
+    const FOREIGN: &str = "1444A511214365871B077A420000000413D2040000";
+
+    fn table(key: Option<Key128>, manufacturer: Option<&str>) -> MeterTable {
+        MeterTable::new([WmbusMeter {
+            device: "water-1".into(),
+            id: "12345678".into(),
+            manufacturer: manufacturer.map(str::to_string),
+            key,
+        }])
+    }
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_configured_meter_becomes_a_sample_with_its_identity() {
+        let t = table(None, Some("KAM"));
+        let Heard::Sample(s) = t.on_telegram(&hex::decode(OURS).unwrap(), Some(-70), at()) else {
+            panic!("{:?}", t.on_telegram(&hex::decode(OURS).unwrap(), Some(-70), at()))
+        };
+        assert_eq!(s.device, "water-1");
+        let meta = s.wmbus.clone().unwrap();
+        assert_eq!((meta.id.as_str(), meta.manufacturer.as_str(), meta.version), ("12345678", "KAM", 0x1B));
+        assert_eq!((meta.device_type.as_str(), meta.access_number, meta.rssi), ("water", Some(0x42), Some(-70)));
+        assert_eq!(s.metrics.get("volume_m3").and_then(|v| v.as_f64()), Some(1.234));
+    }
+
+    #[test]
+    fn other_meters_are_only_a_manufacturer_and_a_type() {
+        let t = table(None, None);
+        let heard = t.on_telegram(&hex::decode(FOREIGN).unwrap(), None, at());
+        assert!(matches!(&heard, Heard::Foreign { manufacturer, device_type: "water" } if manufacturer == "DME"), "{heard:?}");
+        // Same id, another manufacturer than configured: not ours either.
+        let t = table(None, Some("DME"));
+        assert!(matches!(t.on_telegram(&hex::decode(OURS).unwrap(), None, at()), Heard::Foreign { .. }));
+        assert!(matches!(t.on_telegram(&[0x02, 0x44], None, at()), Heard::Unreadable(_)));
+    }
+
+    #[test]
+    fn a_wrong_key_is_a_failure_not_a_reading() {
+        // kadenwater 19228217 (security mode 5) from wmbusmeters' driver tests, with a wrong key.
+        let frame = hex::decode(
+            "4e448e2c1782221901077ab5004005339341ab7927f9337cd2175b2f0d12",
+        )
+        .unwrap();
+        let cases: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(crate::test_support::vectors_dir().join("wmbus/wmbusmeters_driver_tests.json")).unwrap(),
+        )
+        .unwrap();
+        let full = cases
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["telegrams"][0].as_str())
+            .find(|t| hex::decode(t).is_ok_and(|b| b.starts_with(&frame)))
+            .map(|t| hex::decode(t).unwrap())
+            .unwrap();
+        let wrong = Key128::from_hex("000102030405060708090a0b0c0d0e0f").unwrap();
+        let t = MeterTable::new([WmbusMeter { device: "w".into(), id: "19228217".into(), manufacturer: None, key: Some(wrong) }]);
+        match t.on_telegram(&full, None, at()) {
+            Heard::Failed { device, .. } => assert_eq!(device, "w"),
+            other => panic!("{other:?}"),
+        }
+        let right = Key128::from_hex("82B0551191F51D66EFCDAB8967452301").unwrap();
+        let t = MeterTable::new([WmbusMeter { device: "w".into(), id: "19228217".into(), manufacturer: None, key: Some(right) }]);
+        assert!(matches!(t.on_telegram(&full, None, at()), Heard::Sample(_)));
     }
 }

@@ -30,7 +30,7 @@ const CTRL_CRC: u8 = 0x8;
 
 /// Reply ids as the decoder reports them: endpoint in the high byte, message id in the low byte.
 pub fn reply_id(endpoint: u8, msg: u8) -> u16 {
-    u16::from(endpoint) << 8 | u16::from(msg)
+    (u16::from(endpoint) << 8) | u16::from(msg)
 }
 
 /// The stick's link-mode codes (HCI spec: S1, S1-m, S2, T1, T2, R2, C1a, ...).
@@ -164,7 +164,7 @@ fn parse(buf: &[u8]) -> Parse {
     let Some(whole) = buf.get(..len) else { return Parse::Partial };
     if crc_len == 2 {
         let covered = whole.get(1..len - 2).unwrap_or(&[]);
-        let got = whole.get(len - 2..).map(|c| u16::from_le_bytes([c[0], c[1]]));
+        let got = whole.get(len - 2..).and_then(|c| <[u8; 2]>::try_from(c).ok()).map(u16::from_le_bytes);
         if got != Some(crc16_x25(covered)) {
             return Parse::Bad("HCI CRC mismatch");
         }
