@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use district_gateway::{config, ops, runtime};
 
+mod cli_decode;
+
 #[derive(Parser)]
 #[command(
     name = "district-gateway",
@@ -31,6 +33,11 @@ enum Command {
     CheckConfig {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Decode one telegram or payload: `decode wmbus [--key HEX] TELEGRAM_HEX`, `decode lorawan --profile P --port N HEX`.
+    Decode {
+        #[command(subcommand)]
+        what: cli_decode::DecodeCommand,
     },
     /// A simulated district on this machine: embedded broker, simulated devices, the real daemon.
     #[cfg(feature = "demo")]
@@ -108,6 +115,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Decode { what } => cli_decode::run(what),
         Command::Run { config } => {
             let cfg = match config::load(&config) {
                 Ok(c) => c,
