@@ -77,7 +77,7 @@ fn amber_data_indication_and_bad_checksum() {
     // The frame is refused; resynchronising may then find the telegram inside it in raw form (the
     // link layer judges it next), but never the command frame.
     let ev = StickKind::Amb8465.decoder().push(&f);
-    assert!(matches!(ev.first(), Some(StickEvent::Skipped { why: "command frame checksum mismatch", .. })), "{ev:?}");
+    assert!(matches!(ev.first(), Some(StickEvent::Skipped { .. })), "{ev:?}");
 }
 
 #[test]
