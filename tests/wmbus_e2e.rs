@@ -51,7 +51,8 @@ fn config(dir: &Path, gw: &str, broker: u16, http: u16, source: &str, devices: &
 fn wmbus_source(link: &Path, stick: &str) -> String {
     format!(
         "[[source]]\ntype = \"wmbus\"\nname = \"wmbus\"\nstick = \"{stick}\"\nmode = \"t1\"\nport = \"{}\"\n\
-         device_poll_ms = 50\nbackoff_min_ms = 100\nbackoff_max_ms = 500\nreply_timeout_ms = 2000\n",
+         device_poll_ms = 50\nbackoff_min_ms = 100\nbackoff_max_ms = 500\nreply_timeout_ms = 2000\n\
+         idle_probe_ms = 300\n",
         link.display()
     )
 }
@@ -67,7 +68,11 @@ impl Run {
     fn start(dir: &Path, text: &str) -> Run {
         let cfg = dir.join("gateway.toml");
         std::fs::write(&cfg, text).unwrap();
-        let out = std::process::Command::new(district_gateway_bin()).args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+        let out = std::process::Command::new(district_gateway_bin())
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "config refused: {}", String::from_utf8_lossy(&out.stderr));
         let log = dir.join("daemon.log");
         let f = std::fs::File::create(&log).unwrap();
@@ -115,7 +120,10 @@ fn im871a_telegrams_become_readings_foreign_meters_are_only_counted_and_replug_r
         "{METER_DEVICES}[[device]]\nname = \"water-enc\"\nprofile = \"wmbus\"\nwmbus_id = \"19228217\"\naes_key = \"{ENCRYPTED_KEY}\"\n\
          [[device]]\nname = \"water-wrong-key\"\nprofile = \"wmbus\"\nwmbus_id = \"56544919\"\naes_key = \"000102030405060708090A0B0C0D0E0F\"\n"
     );
-    let run = Run::start(dir.path(), &config(dir.path(), "wmbus-gw", broker.port, http, &wmbus_source(&link, "im871a"), &devices));
+    let run = Run::start(
+        dir.path(),
+        &config(dir.path(), "wmbus-gw", broker.port, http, &wmbus_source(&link, "im871a"), &devices),
+    );
     assert!(
         common::wait_until(Duration::from_secs(20), || stick.inits() >= 1),
         "the daemon initialised the stick; log:\n{}",
@@ -138,7 +146,14 @@ fn im871a_telegrams_become_readings_foreign_meters_are_only_counted_and_replug_r
             &std::fs::read(common::vectors_dir().join("wmbus/wmbusmeters_driver_tests.json")).unwrap(),
         )
         .unwrap();
-        let t = cases.as_array().unwrap().iter().filter_map(|c| c["telegrams"][0].as_str()).find(|t| t.to_ascii_lowercase().starts_with(wrong)).unwrap().to_string();
+        let t = cases
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["telegrams"][0].as_str())
+            .find(|t| t.to_ascii_lowercase().starts_with(wrong))
+            .unwrap()
+            .to_string();
         hex::decode(t).unwrap()
     };
     assert!(stick.inject_telegram(&picoflux, 150));
@@ -180,7 +195,8 @@ fn im871a_telegrams_become_readings_foreign_meters_are_only_counted_and_replug_r
     let status = common::http::http_get(http, "/").map(|(_, b)| b).unwrap_or_default();
     assert!(status.contains("Other wM-Bus meters") && !status.contains(FOREIGN_ID), "{status}");
 
-    // Unplug: the pty closes and the link goes away; plug in again: the daemon re-initialises.
+    // Unplug: the pty closes and the link goes away (a pty's hang-up is seen when the quiet stick's
+    // probe goes unanswered, `idle_probe_ms`); plug in again: the daemon re-initialises.
     stick.close();
     std::thread::sleep(Duration::from_millis(300));
     let stick = ScriptedStick::spawn(StickKind::Im871a, &link).unwrap();
@@ -192,7 +208,12 @@ fn im871a_telegrams_become_readings_foreign_meters_are_only_counted_and_replug_r
     let before = sub.readings().iter().filter(|r| r["device"] == "water-1").count();
     assert!(stick.inject_telegram(&hex::decode(OUR_METER).unwrap(), 205));
     assert!(
-        common::wait_until(Duration::from_secs(15), || sub.readings().iter().filter(|r| r["device"] == "water-1").count() > before),
+        common::wait_until(Duration::from_secs(15), || sub
+            .readings()
+            .iter()
+            .filter(|r| r["device"] == "water-1")
+            .count()
+            > before),
         "a reading after the replug"
     );
     stick.close();

@@ -23,9 +23,9 @@ pub mod problem;
 pub mod radio;
 pub mod schema;
 mod spans;
-mod wmbus;
 mod validate;
 pub mod values;
+mod wmbus;
 
 use std::path::Path;
 

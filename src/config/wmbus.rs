@@ -10,7 +10,8 @@ pub const WMBUS_PROFILE: &str = "wmbus";
 /// The keys only a wireless M-Bus meter has.
 pub(super) const WMBUS_KEYS: [&str; 3] = ["wmbus_id", "manufacturer", "aes_key"];
 /// The keys only a LoRaWAN device has.
-const LORAWAN_KEYS: [&str; 8] = ["dev_addr", "nwk_s_key", "app_s_key", "dev_eui", "join_eui", "app_key", "class", "relax_fcnt"];
+const LORAWAN_KEYS: [&str; 8] =
+    ["dev_addr", "nwk_s_key", "app_s_key", "dev_eui", "join_eui", "app_key", "class", "relax_fcnt"];
 
 /// `written`: the wM-Bus keys present in the file for this device.
 pub(super) fn check_meter(doc: &Doc<'_>, p: &KeyPath, d: &DeviceConfig, written: &[&str], sink: &mut Sink) {
@@ -19,16 +20,23 @@ pub(super) fn check_meter(doc: &Doc<'_>, p: &KeyPath, d: &DeviceConfig, written:
             doc.problem(
                 sink,
                 p.key(k),
-                format!("is a wireless M-Bus meter key: set profile = \"{WMBUS_PROFILE}\" (profile is {:?})", d.profile),
+                format!(
+                    "is a wireless M-Bus meter key: set profile = \"{WMBUS_PROFILE}\" (profile is {:?})",
+                    d.profile
+                ),
             );
         }
         return;
     }
     match &d.wmbus_id {
-        None => doc.problem(sink, p.key("wmbus_id"), "required key is missing (the meter's 8-digit id, e.g. \"12345678\")"),
-        Some(id) if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_digit()) => {
-            doc.problem(sink, p.key("wmbus_id"), format!("expected the meter's 8-digit id, e.g. \"12345678\", got {id:?}"))
+        None => {
+            doc.problem(sink, p.key("wmbus_id"), "required key is missing (the meter's 8-digit id, e.g. \"12345678\")")
         }
+        Some(id) if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_digit()) => doc.problem(
+            sink,
+            p.key("wmbus_id"),
+            format!("expected the meter's 8-digit id, e.g. \"12345678\", got {id:?}"),
+        ),
         Some(_) => {}
     }
     if let Some(m) = &d.manufacturer {

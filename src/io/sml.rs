@@ -79,8 +79,12 @@ pub async fn run(
                             }
                             status.frame();
                             backoff.reset();
-                            let sample =
-                                MeterSample { device: cfg.device.clone(), at: crate::clock::now(), metrics, wmbus: None };
+                            let sample = MeterSample {
+                                device: cfg.device.clone(),
+                                at: crate::clock::now(),
+                                metrics,
+                                wmbus: None,
+                            };
                             if out.try_send(sample).is_err() {
                                 status.dropped();
                             }

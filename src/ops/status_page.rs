@@ -172,11 +172,8 @@ fn cards(h: &mut String, v: &StatusView, now: DateTime<Utc>) {
 /// Other people's wM-Bus meters heard: counted by manufacturer and type for planning, never by id.
 fn wmbus_card(h: &mut String, foreign: &[(String, String, u64)]) {
     let total: u64 = foreign.iter().map(|(_, _, n)| n).sum();
-    let detail = foreign
-        .iter()
-        .map(|(m, t, n)| format!("{} {} {n}", esc(m), esc(t)))
-        .collect::<Vec<_>>()
-        .join(" &middot; ");
+    let detail =
+        foreign.iter().map(|(m, t, n)| format!("{} {} {n}", esc(m), esc(t))).collect::<Vec<_>>().join(" &middot; ");
     card(h, "Other wM-Bus meters", &format!("<span id=\"wmbus-foreign\">{total}</span> telegrams"), &detail);
 }
 

@@ -25,22 +25,7 @@ pub struct LoraMeta {
     pub sf: Option<u8>,
 }
 
-/// Radio metadata of a wireless M-Bus reading (a meter heard by a wM-Bus stick). Absent for others.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct WmbusMeta {
-    /// The meter's 8-digit id as printed on it.
-    pub id: String,
-    /// Three-letter manufacturer code, e.g. "KAM".
-    pub manufacturer: String,
-    pub version: u8,
-    /// The device type (EN 13757-3 medium) by name, e.g. "water".
-    #[serde(rename = "type")]
-    pub device_type: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub access_number: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rssi: Option<i32>,
-}
+pub use crate::ingest::WmbusMeta;
 
 /// One reading, built once by the core. Its `seq` is not part of it: the shell allocates the seq when
 /// it journals the reading and hands it to [`Reading::to_json`], which writes the pinned JSON (`seq`

@@ -72,7 +72,8 @@ impl MeterTable {
             Err(e) => return Heard::Unreadable(e),
         };
         let meter = self.by_id.get(&header.id).and_then(|ms| {
-            ms.iter().find(|m| m.manufacturer.as_deref().is_none_or(|want| want.eq_ignore_ascii_case(&header.manufacturer)))
+            ms.iter()
+                .find(|m| m.manufacturer.as_deref().is_none_or(|want| want.eq_ignore_ascii_case(&header.manufacturer)))
         });
         let Some(meter) = meter else {
             let device_type = header.device_type_name();
@@ -135,7 +136,10 @@ mod tests {
     fn other_meters_are_only_a_manufacturer_and_a_type() {
         let t = table(None, None);
         let heard = t.on_telegram(&hex::decode(FOREIGN).unwrap(), None, at());
-        assert!(matches!(&heard, Heard::Foreign { manufacturer, device_type: "water" } if manufacturer == "DME"), "{heard:?}");
+        assert!(
+            matches!(&heard, Heard::Foreign { manufacturer, device_type: "water" } if manufacturer == "DME"),
+            "{heard:?}"
+        );
         // Same id, another manufacturer than configured: not ours either.
         let t = table(None, Some("DME"));
         assert!(matches!(t.on_telegram(&hex::decode(OURS).unwrap(), None, at()), Heard::Foreign { .. }));
@@ -145,10 +149,7 @@ mod tests {
     #[test]
     fn a_wrong_key_is_a_failure_not_a_reading() {
         // kadenwater 19228217 (security mode 5) from wmbusmeters' driver tests, with a wrong key.
-        let frame = hex::decode(
-            "4e448e2c1782221901077ab5004005339341ab7927f9337cd2175b2f0d12",
-        )
-        .unwrap();
+        let frame = hex::decode("4e448e2c1782221901077ab5004005339341ab7927f9337cd2175b2f0d12").unwrap();
         let cases: serde_json::Value = serde_json::from_slice(
             &std::fs::read(crate::test_support::vectors_dir().join("wmbus/wmbusmeters_driver_tests.json")).unwrap(),
         )
@@ -162,13 +163,23 @@ mod tests {
             .map(|t| hex::decode(t).unwrap())
             .unwrap();
         let wrong = Key128::from_hex("000102030405060708090a0b0c0d0e0f").unwrap();
-        let t = MeterTable::new([WmbusMeter { device: "w".into(), id: "19228217".into(), manufacturer: None, key: Some(wrong) }]);
+        let t = MeterTable::new([WmbusMeter {
+            device: "w".into(),
+            id: "19228217".into(),
+            manufacturer: None,
+            key: Some(wrong),
+        }]);
         match t.on_telegram(&full, None, at()) {
             Heard::Failed { device, .. } => assert_eq!(device, "w"),
             other => panic!("{other:?}"),
         }
         let right = Key128::from_hex("82B0551191F51D66EFCDAB8967452301").unwrap();
-        let t = MeterTable::new([WmbusMeter { device: "w".into(), id: "19228217".into(), manufacturer: None, key: Some(right) }]);
+        let t = MeterTable::new([WmbusMeter {
+            device: "w".into(),
+            id: "19228217".into(),
+            manufacturer: None,
+            key: Some(right),
+        }]);
         assert!(matches!(t.on_telegram(&full, None, at()), Heard::Sample(_)));
     }
 }

@@ -179,7 +179,9 @@ fn answer(kind: StickKind, state: &Mutex<State>, cmd: Vec<u8>) -> Option<Vec<u8>
             let (ep, msg) = (*cmd.get(1)?, *cmd.get(2)?);
             let status = if s.refuse.take_if(|id| *id == msg).is_some() { 1 } else { 0 };
             match (ep, msg) {
-                (imst::DEVMGMT, imst::PING_REQ) => Some(imst::device_frame(imst::DEVMGMT, imst::PING_RSP, &[], None, false)),
+                (imst::DEVMGMT, imst::PING_REQ) => {
+                    Some(imst::device_frame(imst::DEVMGMT, imst::PING_RSP, &[], None, false))
+                }
                 (imst::DEVMGMT, imst::SET_CONFIG_REQ) => {
                     if status == 0 {
                         // payload: temporary flag, IIFlag1 (link mode), the link mode, ...

@@ -18,13 +18,13 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::district::{self, District, Kind, BASE_LEVEL, BOOST_LEVEL, FEEDER_LIMIT_KW, LAMPS, PIR_AT};
 use super::net::{self, BrokerProcess, Gate, ViewerMsg};
 use super::radio::MeterLine;
-use crate::io::wmbus::script::ScriptedStick;
-use crate::wmbus_stick::StickKind;
 use super::scenario::Script;
 use super::{view, Demo, DemoArgs, Recording, GATEWAY_ID, KEY_ID, METER, PREFIX, WATER_METER, WATER_METER_ID, ZONE};
 use crate::clock;
 use crate::config;
+use crate::io::wmbus::script::ScriptedStick;
 use crate::runtime::{Daemon, Options};
+use crate::wmbus_stick::StickKind;
 
 /// Parses `mqtt://host:port` (the demo only needs plain TCP).
 fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
@@ -95,8 +95,7 @@ pub(super) async fn start(args: DemoArgs) -> anyhow::Result<(Demo, UnboundedRece
     let data = tempfile::tempdir().context("creating a temporary data dir")?;
     let stick_link = data.path().join("ttyWMBUS");
     let stick = ScriptedStick::spawn(StickKind::Im871a, &stick_link).context("a pty for the wM-Bus stick")?;
-    let cfg_text =
-        demo_config(&district, &data.path().join("data"), &daemon_url, &meter.path, &stick_link, &public);
+    let cfg_text = demo_config(&district, &data.path().join("data"), &daemon_url, &meter.path, &stick_link, &public);
     let config =
         config::parse_str(&cfg_text, "demo.toml", data.path()).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let daemon = Daemon::start_opts(&config, Options::default()).await?;
@@ -199,7 +198,10 @@ fn print_intro(
         println!("  device     {:<22} {}", what, names.join(" "));
     }
     println!("  device     {:<22} {METER} (SML over a pseudo-terminal)", "smart meter, feeder");
-    println!("  device     {:<22} {WATER_METER} (wireless M-Bus, a scripted iM871A stick on a pty)", "water meter, school");
+    println!(
+        "  device     {:<22} {WATER_METER} (wireless M-Bus, a scripted iM871A stick on a pty)",
+        "water meter, school"
+    );
     println!(
         "  time       starts {}; {speed:.0}x real time (1 s = {:.1} min){}",
         view::long_time(start),

@@ -142,7 +142,8 @@ impl Decoder {
                     None => Parse::Frame { len, event: StickEvent::Skipped { bytes: len, why: "short telegram" } },
                 };
             }
-            let status = if cmd & REPLY != 0 && cmd != CMD_SERIALNO_REQ | REPLY { payload.first().copied() } else { None };
+            let status =
+                if cmd & REPLY != 0 && cmd != CMD_SERIALNO_REQ | REPLY { payload.first().copied() } else { None };
             return Parse::Frame { len, event: StickEvent::Reply { id: u16::from(cmd), status } };
         }
         if first < MIN_L {
