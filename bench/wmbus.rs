@@ -8,7 +8,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use district_core::wmbus::decode_telegram;
 
 /// Plaintext water meter (wmbusmeters `watertech` case with its security mode cleared), ELL + short TPL.
-const PLAIN: &str = "3144945E3838383859078C20007A010000002F2F066D1C1F0EF021000413B91E000002FD17000002FD0F4C2B2F2F2F2F2F2F";
+const PLAIN: &str =
+    "3144945E3838383859078C20007A010000002F2F066D1C1F0EF021000413B91E000002FD17000002FD0F4C2B2F2F2F2F2F2F";
 /// Encrypted water meter (wmbusmeters `kadenwater` case, its test key), short TPL, mode 5, 4 blocks.
 const AES: &str = "4e4430590010221901077a71004005f8c0d59e1536f306ffcd58075fda84b6f21fc0f33df92c8cf5fcab599bd1fe73b0db2e5d9e6d8a2e3363d67db2cdaf16c26d57886b70ee0f77fc116753809bb5";
 const AES_KEY: &str = "82B0551191F51D66EFCDAB8967452301";

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use district_gateway::decode;
 use district_core::wmbus;
+use district_gateway::decode;
 
 #[derive(Subcommand)]
 pub enum DecodeCommand {
@@ -68,7 +68,10 @@ enum Failure {
 fn parse_hex(what: &str, s: &str) -> Result<Vec<u8>, Failure> {
     let digits: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     hex::decode(&digits).map_err(|_| {
-        Failure::Usage(format!("{what}: expected hex digits (an even number of 0-9a-f), got {} characters", digits.len()))
+        Failure::Usage(format!(
+            "{what}: expected hex digits (an even number of 0-9a-f), got {} characters",
+            digits.len()
+        ))
     })
 }
 

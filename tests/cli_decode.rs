@@ -26,8 +26,8 @@ fn decode_wmbus_with_key_prints_one_json_object_with_metrics() {
     let (code, out, err) = run(&["decode", "wmbus", "--key", KEY, TELEGRAM]);
     assert_eq!(code, 0, "stderr: {err}");
     let v: Value = serde_json::from_str(out.trim()).expect("one JSON object");
-    assert_eq!(v["id"], "22100010");
-    assert_eq!(v["manufacturer"], "VAL");
+    assert_eq!(v["id"], "19221000");
+    assert_eq!(v["manufacturer"], "VIP");
     assert_eq!(v["type"], "water");
     assert_eq!(v["encrypted"], true);
     assert_eq!(v["access_number"], 0x71);
@@ -65,7 +65,8 @@ fn decode_wmbus_bad_arguments_exit_2_without_echoing_the_key() {
 #[test]
 fn decode_lorawan_with_a_native_profile() {
     // The Milesight EM310-UDL example payload of PRODUCT.md's reading.
-    let (code, out, err) = run(&["decode", "lorawan", "--profile", "milesight-em310-udl", "--port", "85", "01755c03824408040001"]);
+    let (code, out, err) =
+        run(&["decode", "lorawan", "--profile", "milesight-em310-udl", "--port", "85", "01755c03824408040001"]);
     assert_eq!(code, 0, "stderr: {err}");
     let v: Value = serde_json::from_str(out.trim()).expect("one JSON object");
     assert_eq!(v["metrics"]["distance_mm"], 2116, "{out}");

@@ -83,7 +83,8 @@ pub fn strip_crcs(frame: &[u8]) -> Result<(Vec<u8>, Framing), WmbusError> {
             if let Some(n) = b3.len().checked_sub(2) {
                 out.extend_from_slice(&b3[..n]);
             }
-            let new_l = u8::try_from(out.len() - 1).map_err(|_| WmbusError::Invalid("format B frame too long".into()))?;
+            let new_l =
+                u8::try_from(out.len() - 1).map_err(|_| WmbusError::Invalid("format B frame too long".into()))?;
             out[0] = new_l;
             return Ok((out, Framing::FormatB));
         }

@@ -150,7 +150,11 @@ pub struct Leftovers<'a> {
 }
 
 /// Decodes every record of `payload` into `metrics`; returns what only a vendor decoder can read.
-pub fn decode<'a>(payload: &'a [u8], metrics: &mut Metrics, warnings: &mut Vec<String>) -> Result<Leftovers<'a>, WmbusError> {
+pub fn decode<'a>(
+    payload: &'a [u8],
+    metrics: &mut Metrics,
+    warnings: &mut Vec<String>,
+) -> Result<Leftovers<'a>, WmbusError> {
     let mut left = Leftovers::default();
     let mut r = Reader::new(payload);
     while !r.is_empty() {
@@ -308,7 +312,13 @@ fn read_data(r: &mut Reader<'_>, coding: u8) -> Result<Raw, WmbusError> {
             match lvar {
                 0x00..=0xBF => {
                     let t = r.take(usize::from(lvar))?;
-                    Raw::Text(t.iter().rev().filter(|c| c.is_ascii_graphic() || **c == b' ').map(|&c| char::from(c)).collect())
+                    Raw::Text(
+                        t.iter()
+                            .rev()
+                            .filter(|c| c.is_ascii_graphic() || **c == b' ')
+                            .map(|&c| char::from(c))
+                            .collect(),
+                    )
                 }
                 0xC0..=0xC9 => bcd(r.take(usize::from(lvar - 0xC0))?),
                 0xD0..=0xD9 => match bcd(r.take(usize::from(lvar - 0xD0))?) {
