@@ -53,8 +53,5 @@ pub fn write_master(master: &OwnedFd, data: &[u8]) {
 
 /// Reads what is there from the non-blocking master (empty: nothing yet, or no slave open).
 pub fn read_master(master: &OwnedFd, buf: &mut [u8]) -> usize {
-    match nix::unistd::read(master.as_raw_fd(), buf) {
-        Ok(n) => n,
-        Err(_) => 0,
-    }
+    nix::unistd::read(master.as_raw_fd(), buf).unwrap_or_default()
 }
