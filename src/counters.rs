@@ -4,14 +4,20 @@
 //! Plain atomics: every task bumps its own counters without locks; readers take a snapshot. The
 //! district step says what its inputs count ([`Counts`]); the pipeline adds that with [`Counters::add`].
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::district::Counts;
 
 macro_rules! counters {
     ($($name:ident: $doc:literal),* $(,)?) => {
         #[derive(Default, Debug)]
-        pub struct Counters { $(#[doc = $doc] pub $name: AtomicU64,)* }
+        pub struct Counters {
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+            /// wM-Bus telegrams by manufacturer and type (foreign meters) and by device (failures).
+            pub wmbus: WmbusCounts,
+        }
 
         impl Counters {
             /// (name, value) of every counter, for status replies, metrics and tests.
@@ -63,6 +69,42 @@ counters! {
     readings_refused_power_fail: "frames and meter samples refused (not acknowledged) while mains power was lost",
     power_fail: "1 while the power-fail input says mains power is lost (a gauge)",
     power_fail_since_unix_ms: "when mains power was lost (ms since 1970; 0 while it is present; a gauge)",
+    wmbus_telegrams: "telegrams received from wireless M-Bus sticks (every meter heard, configured or not)",
+    wmbus_unreadable: "wM-Bus telegrams without a readable link header (noise, torn frames)",
+}
+
+/// The wM-Bus telegrams that became no reading, by label. Foreign meters are counted by manufacturer
+/// and device type only: never by id (privacy by default).
+#[derive(Debug, Default)]
+pub struct WmbusCounts {
+    foreign: Mutex<BTreeMap<(String, String), u64>>,
+    failed: Mutex<BTreeMap<String, u64>>,
+}
+
+impl WmbusCounts {
+    /// A telegram of a meter that is not configured.
+    pub fn foreign(&self, manufacturer: &str, device_type: &str) {
+        if let Ok(mut m) = self.foreign.lock() {
+            *m.entry((manufacturer.to_string(), device_type.to_string())).or_default() += 1;
+        }
+    }
+
+    /// A configured meter's telegram that could not be decoded (wrong key, ...).
+    pub fn failed(&self, device: &str) {
+        if let Ok(mut m) = self.failed.lock() {
+            *m.entry(device.to_string()).or_default() += 1;
+        }
+    }
+
+    /// ((manufacturer, type), count) of the foreign meters' telegrams.
+    pub fn foreign_snapshot(&self) -> Vec<((String, String), u64)> {
+        self.foreign.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default()
+    }
+
+    /// (device, count) of the decode failures.
+    pub fn failed_snapshot(&self) -> Vec<(String, u64)> {
+        self.failed.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default()
+    }
 }
 
 impl Counters {

@@ -6,7 +6,7 @@
 
 pub use district_core::{
     aggregate, control, decode, district, durability, events, ingest, keys, loops, lorawan, meter, netserver, reading,
-    topic,
+    topic, wmbus_meters, wmbus_stick,
 };
 
 pub mod bus;

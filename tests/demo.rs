@@ -34,9 +34,13 @@ fn the_district_demo_runs_a_night_and_reports_it() {
     assert!(s["sim_hours"].as_f64().unwrap() > 9.0, "{ctx}");
 
     // Readings of every device type arrived at the broker.
-    for kind in ["container", "tree", "presence", "lamp", "load", "meter"] {
+    for kind in ["container", "tree", "presence", "lamp", "load", "meter", "water_meter"] {
         assert!(s["readings"][kind].as_u64().unwrap_or(0) > 0, "no {kind} reading arrived\n{ctx}");
     }
+
+    // The neighbour's wM-Bus meter was heard as often as ours, and never published (only counted).
+    assert!(s["wmbus"]["neighbours_sent"].as_u64().unwrap_or(0) > 0, "{ctx}");
+    assert!(!stdout.contains("87654321"), "the neighbour's meter id is shown\n{ctx}");
 
     // The lamps reacted to presence: the lamp at the sensor reached the boost level after (nearly) every
     // detection.

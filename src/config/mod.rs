@@ -27,6 +27,7 @@ pub mod schema;
 mod spans;
 mod validate;
 pub mod values;
+mod wmbus;
 
 use std::path::Path;
 
@@ -87,7 +88,7 @@ pub fn check_device(d: &DeviceConfig) -> Result<(), String> {
 }
 
 /// Keys whose values [`Config::redacted_toml`] replaces.
-const SECRET_KEYS: &[&str] = &["nwk_s_key", "app_s_key", "app_key", "password"];
+const SECRET_KEYS: &[&str] = &["nwk_s_key", "app_s_key", "app_key", "aes_key", "password"];
 
 impl Config {
     /// The effective configuration (defaults filled in, devices of `devices_file` inline) as TOML,

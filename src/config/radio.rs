@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::wmbus_stick::{LinkMode as WmbusMode, StickKind as WmbusStick};
+
 /// RegSyncWord for the LoRaWAN public network.
 pub const SYNC_WORD_LORAWAN_PUBLIC: u8 = 0x34;
 
@@ -186,5 +188,84 @@ impl SerialLoraConfig {
             backoff_min_ms: default_backoff_min(),
             backoff_max_ms: default_backoff_max(),
         }
+    }
+}
+
+/// `[[source]] type = "wmbus"`: a wireless M-Bus USB stick (IMST iM871A or Amber AMB8465) receiving
+/// meters' telegrams. Only meters configured as `[[device]]` with a `wmbus_id` are decoded and
+/// published; the others are only counted (see `district_core::wmbus_meters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WmbusSourceConfig {
+    /// Defaults to `wmbus-N`, N the 0-based position among the `[[source]]` tables.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Serial device path; not checked for existence (USB sticks come and go).
+    pub port: PathBuf,
+    pub stick: WmbusStick,
+    #[serde(default)]
+    pub mode: WmbusMode,
+    /// Default: the stick's factory speed (iM871A 57600, AMB8465 9600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baud: Option<u32>,
+    #[serde(default = "default_wmbus_reply_timeout_ms")]
+    pub reply_timeout_ms: u64,
+    /// A stick quiet this long is asked whether it is still there (meters send every few minutes).
+    #[serde(default = "default_wmbus_idle_probe_ms")]
+    pub idle_probe_ms: u64,
+    #[serde(default = "default_wmbus_device_poll_ms")]
+    pub device_poll_ms: u64,
+    #[serde(default = "default_wmbus_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    #[serde(default = "default_wmbus_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_wmbus_reply_timeout_ms() -> u64 {
+    2_000
+}
+fn default_wmbus_idle_probe_ms() -> u64 {
+    300_000
+}
+fn default_wmbus_device_poll_ms() -> u64 {
+    1_000
+}
+fn default_wmbus_backoff_min_ms() -> u64 {
+    1_000
+}
+fn default_wmbus_backoff_max_ms() -> u64 {
+    60_000
+}
+
+impl WmbusSourceConfig {
+    pub fn baud(&self) -> u32 {
+        self.baud.unwrap_or_else(|| self.stick.default_baud())
+    }
+
+    /// Problems, as (key, message) pairs (empty when valid).
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut errs = Vec::new();
+        if self.port.as_os_str().is_empty() {
+            errs.push(("port", "must name a serial device, e.g. /dev/ttyUSB0".to_string()));
+        }
+        if let Some(b) = self.baud {
+            if !(1_200..=921_600).contains(&b) {
+                errs.push(("baud", "must be 1200..=921600 baud".to_string()));
+            }
+        }
+        for (key, v) in [
+            ("reply_timeout_ms", self.reply_timeout_ms),
+            ("idle_probe_ms", self.idle_probe_ms),
+            ("device_poll_ms", self.device_poll_ms),
+            ("backoff_min_ms", self.backoff_min_ms),
+        ] {
+            if v == 0 {
+                errs.push((key, "must be > 0".to_string()));
+            }
+        }
+        if self.backoff_max_ms < self.backoff_min_ms {
+            errs.push(("backoff_max_ms", "must be >= backoff_min_ms".to_string()));
+        }
+        errs
     }
 }

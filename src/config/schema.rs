@@ -464,11 +464,13 @@ pub enum SourceConfig {
     /// A serial LoRa module (RAK3172 or RN2483) in P2P receive mode.
     #[serde(rename = "serial_lora")]
     SerialLora(super::radio::SerialLoraConfig),
+    /// A wireless M-Bus stick (iM871A or AMB8465) for water, heat and gas meters.
+    Wmbus(super::radio::WmbusSourceConfig),
 }
 
 impl SourceConfig {
     /// The `type` values, for error messages and docs.
-    pub const TYPES: &'static [&'static str] = &["gwmp", "sml", "sx127x", "serial_lora"];
+    pub const TYPES: &'static [&'static str] = &["gwmp", "sml", "sx127x", "serial_lora", "wmbus"];
 
     pub fn name(&self) -> &str {
         match self {
@@ -476,6 +478,7 @@ impl SourceConfig {
             SourceConfig::Sml(s) => &s.name,
             SourceConfig::Sx127x(s) => &s.name,
             SourceConfig::SerialLora(s) => &s.name,
+            SourceConfig::Wmbus(s) => &s.name,
         }
     }
 
@@ -485,6 +488,7 @@ impl SourceConfig {
             SourceConfig::Sml(_) => "sml",
             SourceConfig::Sx127x(_) => "sx127x",
             SourceConfig::SerialLora(_) => "serial_lora",
+            SourceConfig::Wmbus(_) => "wmbus",
         }
     }
 }
@@ -566,6 +570,15 @@ pub struct DeviceConfig {
     /// Raise `sensor_silent` when the device has not reported for this long (seconds). Default: not watched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_silence_s: Option<u64>,
+    /// A wireless M-Bus meter (`profile = "wmbus"`): its 8-digit id as printed on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wmbus_id: Option<String>,
+    /// A wireless M-Bus meter's three-letter manufacturer code (e.g. "KAM"); optional, checked when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// A wireless M-Bus meter's AES-128 key (32 hex digits), for encrypted telegrams. A secret.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "values::key128_opt")]
+    pub aes_key: Option<Key128>,
     /// True when the device came from `devices_file` rather than the main config.
     #[serde(skip)]
     pub from_devices_file: bool,
@@ -606,6 +619,21 @@ impl DeviceConfig {
             (_, (Some(dev_eui), Some(join_eui), Some(app_key))) => Ok(Activation::Otaa { dev_eui, join_eui, app_key }),
             _ => Err(ActivationError::Incomplete(self.name.clone())),
         }
+    }
+
+    /// A wireless M-Bus meter rather than a LoRaWAN device (it has a `wmbus_id`).
+    pub fn is_wmbus(&self) -> bool {
+        self.wmbus_id.is_some()
+    }
+
+    /// The meter as the wM-Bus privacy filter wants it, if this is one.
+    pub fn wmbus_meter(&self) -> Option<crate::wmbus_meters::WmbusMeter> {
+        Some(crate::wmbus_meters::WmbusMeter {
+            device: self.name.clone(),
+            id: self.wmbus_id.clone()?,
+            manufacturer: self.manufacturer.clone(),
+            key: self.aes_key,
+        })
     }
 
     /// The `js:PATH` of a JavaScript codec profile, if this is one (relative to the config directory).

@@ -513,3 +513,39 @@ fn multicast_groups() {
     assert!(find(&ps, "lorawan.multicast[1].dev_addr").message.contains("lorawan.multicast[0]"));
     assert!(find(&ps, "lorawan.multicast[1].devices").message.contains("also in lorawan.multicast[0]"));
 }
+
+#[test]
+fn wmbus_source_and_meters_are_checked_and_the_key_is_redacted() {
+    let base = "[gateway]\nid = \"g1\"\n[mqtt]\nurl = \"mqtt://10.0.0.1\"\n";
+    let ok = format!(
+        "{base}[[source]]\ntype = \"wmbus\"\nport = \"/dev/ttyUSB0\"\nstick = \"im871a\"\n\
+         [[device]]\nname = \"w1\"\nprofile = \"wmbus\"\nwmbus_id = \"12345678\"\nmanufacturer = \"KAM\"\n\
+         aes_key = \"000102030405060708090a0b0c0d0e0f\"\nmax_silence_s = 3600\n"
+    );
+    let c = parse_str(&ok, "t.toml", Path::new("")).unwrap_or_else(|e| panic!("{e}"));
+    let SourceConfig::Wmbus(s) = &c.source[0] else { panic!("not a wmbus source") };
+    assert_eq!((s.name.as_str(), s.mode, s.baud()), ("wmbus-0", radio::WmbusMode::T1, 57_600));
+    let m = c.device[0].wmbus_meter().unwrap();
+    assert_eq!((m.device.as_str(), m.id.as_str(), m.manufacturer.as_deref()), ("w1", "12345678", Some("KAM")));
+    assert!(!c.redacted_toml().contains("0102030405"), "{}", c.redacted_toml());
+    assert!(!format!("{c:?}").contains("0102030405"));
+
+    let bad = format!(
+        "{base}[[source]]\ntype = \"wmbus\"\nport = \"/dev/ttyUSB0\"\nstick = \"cc1101\"\n\
+         [[source]]\ntype = \"wmbus\"\nport = \"/dev/ttyUSB1\"\nstick = \"amb8465\"\nmode = \"x2\"\nreply_timeout_ms = 0\n\
+         [[device]]\nname = \"w1\"\nprofile = \"wmbus\"\nwmbus_id = \"1234567\"\nmanufacturer = \"kam\"\ndev_addr = \"01020304\"\n\
+         [[device]]\nname = \"w2\"\nprofile = \"raw\"\nwmbus_id = \"12345678\"\n\
+         [[device]]\nname = \"w3\"\nprofile = \"wmbus\"\n"
+    );
+    let ps = parse_str(&bad, "t.toml", Path::new("")).unwrap_err().0;
+    assert!(find(&ps, "source[0].stick").message.contains("im871a"), "{}", find(&ps, "source[0].stick"));
+    assert!(find(&ps, "source[1].mode").line > 0);
+    assert_eq!(find(&ps, "source[1].reply_timeout_ms").message, "must be > 0");
+    assert!(find(&ps, "device[0].wmbus_id").message.contains("8-digit"));
+    assert!(find(&ps, "device[0].manufacturer").message.contains("three-letter"));
+    assert!(find(&ps, "device[0].dev_addr").message.contains("LoRaWAN key"));
+    assert!(find(&ps, "device[1].wmbus_id").message.contains("profile = \"wmbus\""));
+    assert!(find(&ps, "device[2].wmbus_id").message.contains("missing"));
+    let p = find(&ps, "device[0].wmbus_id");
+    assert_eq!((p.line, p.file.as_str()), (18, "t.toml"));
+}

@@ -31,6 +31,7 @@ const ROOT_KEYS: &[&str] = &[
 ];
 const ABP_KEYS: [&str; 3] = ["dev_addr", "nwk_s_key", "app_s_key"];
 const OTAA_KEYS: [&str; 3] = ["dev_eui", "join_eui", "app_key"];
+use super::wmbus::{WMBUS_KEYS, WMBUS_PROFILE};
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
 
 /// A device with the file (0 = main config, 1 = devices_file) and index it was found at.
@@ -287,6 +288,7 @@ fn read_source(doc: &Doc<'_>, item: &Spanned<DeValue<'_>>, path: &KeyPath, sink:
         "sml" => de_collect(doc, &rest, path, sink).map(SourceConfig::Sml),
         "sx127x" => de_collect(doc, &rest, path, sink).map(SourceConfig::Sx127x),
         "serial_lora" => de_collect(doc, &rest, path, sink).map(SourceConfig::SerialLora),
+        "wmbus" => de_collect(doc, &rest, path, sink).map(SourceConfig::Wmbus),
         other => {
             sink.push(
                 doc.at(Some(kind.1), true),
@@ -559,6 +561,7 @@ fn check_sources(doc: &Doc<'_>, sources: &mut [(usize, SourceConfig)], sink: &mu
             SourceConfig::Sml(m) if m.name.is_empty() => m.name = format!("sml-{i}"),
             SourceConfig::Sx127x(x) if x.name.is_empty() => x.name = format!("sx127x-{i}"),
             SourceConfig::SerialLora(x) if x.name.is_empty() => x.name = format!("serial_lora-{i}"),
+            SourceConfig::Wmbus(x) if x.name.is_empty() => x.name = format!("wmbus-{i}"),
             _ => {}
         }
     }
@@ -608,6 +611,16 @@ fn check_sources(doc: &Doc<'_>, sources: &mut [(usize, SourceConfig)], sink: &mu
                     doc.problem(sink, sp.clone(), msg);
                 }
             }
+            SourceConfig::Wmbus(x) => {
+                if !x.port.as_os_str().is_empty() {
+                    if let Some(first) = ports.insert(&x.port, *i) {
+                        doc.problem(sink, sp.key("port"), format!("serial port is already used by source[{first}]"));
+                    }
+                }
+                for (key, msg) in x.validate() {
+                    doc.problem(sink, sp.key(key), msg);
+                }
+            }
         }
     }
 }
@@ -617,6 +630,7 @@ fn check_devices(docs: &[&Doc<'_>], base_dir: &Path, devices: &[DevEntry], sink:
     let mut names: HashMap<&str, &DevEntry> = HashMap::new();
     let mut sessions: HashMap<(DevAddr, [u8; 16]), &DevEntry> = HashMap::new();
     let mut euis: HashMap<Eui64, &DevEntry> = HashMap::new();
+    let mut meters: HashMap<(String, Option<String>), &DevEntry> = HashMap::new();
     // "device[2] `bin-017`", plus the file when it is another one.
     let describe = |e: &DevEntry, here: usize| -> String {
         let mut s = format!("device[{}] {:?}", e.index, e.dev.name);
@@ -644,6 +658,22 @@ fn check_devices(docs: &[&Doc<'_>], base_dir: &Path, devices: &[DevEntry], sink:
             } else if let Some(msg) = file_problem(base_dir, Path::new(js)) {
                 doc.problem(sink, p.key("profile"), msg);
             }
+        }
+
+        // A wireless M-Bus meter has no LoRaWAN activation: its own checks instead.
+        let wmbus_keys: Vec<&str> = WMBUS_KEYS.into_iter().filter(|k| doc.has(&p, k)).collect();
+        if d.profile == WMBUS_PROFILE || !wmbus_keys.is_empty() {
+            super::wmbus::check_meter(doc, &p, d, &wmbus_keys, sink);
+            if let Some(key) = d.wmbus_meter().map(|m| (m.id, m.manufacturer)) {
+                if let Some(first) = meters.insert(key, e) {
+                    doc.problem(
+                        sink,
+                        p.key("wmbus_id"),
+                        format!("the same meter (wmbus_id, manufacturer) as {}", describe(first, e.doc)),
+                    );
+                }
+            }
+            continue;
         }
 
         // Activation: judged on the keys written in the file, so that a key with a bad value does

@@ -3,7 +3,10 @@
 pub mod gpio;
 pub mod gwmp;
 pub mod mqtt;
+pub mod pty;
 pub mod serial_lora;
+pub mod serial_port;
 pub mod sml;
 pub mod status;
 pub mod sx127x;
+pub mod wmbus;

@@ -79,7 +79,12 @@ pub async fn run(
                             }
                             status.frame();
                             backoff.reset();
-                            let sample = MeterSample { device: cfg.device.clone(), at: crate::clock::now(), metrics };
+                            let sample = MeterSample {
+                                device: cfg.device.clone(),
+                                at: crate::clock::now(),
+                                metrics,
+                                wmbus: None,
+                            };
                             if out.try_send(sample).is_err() {
                                 status.dropped();
                             }

@@ -71,6 +71,8 @@ pub struct StatusView {
     pub control: Value,
     /// Counters by name, for the small "traffic" table.
     pub counters: Vec<(String, u64)>,
+    /// Telegrams of wM-Bus meters that are not configured: (manufacturer, type, count); never ids.
+    pub wmbus_foreign: Vec<(String, String, u64)>,
 }
 
 /// The part of the page the pipeline maintains.

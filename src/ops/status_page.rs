@@ -163,7 +163,18 @@ fn cards(h: &mut String, v: &StatusView, now: DateTime<Utc>) {
     if let Some(p) = &v.power {
         power_card(h, p, now);
     }
+    if !v.wmbus_foreign.is_empty() {
+        wmbus_card(h, &v.wmbus_foreign);
+    }
     h.push_str("</section>\n");
+}
+
+/// Other people's wM-Bus meters heard: counted by manufacturer and type for planning, never by id.
+fn wmbus_card(h: &mut String, foreign: &[(String, String, u64)]) {
+    let total: u64 = foreign.iter().map(|(_, _, n)| n).sum();
+    let detail =
+        foreign.iter().map(|(m, t, n)| format!("{} {} {n}", esc(m), esc(t))).collect::<Vec<_>>().join(" &middot; ");
+    card(h, "Other wM-Bus meters", &format!("<span id=\"wmbus-foreign\">{total}</span> telegrams"), &detail);
 }
 
 /// Mains power, as the power-fail input says.
@@ -687,6 +698,7 @@ mod tests {
                 "demand_response": {"limit_kw": 250.0, "limit_reason": "config", "events": ["ev-7"]}
             }),
             counters: vec![("frames_ok".into(), 1201), ("frames_bad_mic".into(), 0)],
+            wmbus_foreign: vec![("KAM".into(), "water".into(), 3)],
         }
     }
 

@@ -84,7 +84,8 @@ pub(super) fn build_network_server(
     .map_err(|e| anyhow::anyhow!("lorawan: {e}"))?;
     ns.set_mac_options(l.adr.to_core(), l.mac.max_tries, l.mac.abp_channels_hz.clone());
     let mut devices = Vec::new();
-    for d in &config.device {
+    // Wireless M-Bus meters are not the network server's: their source decodes them.
+    for d in config.device.iter().filter(|d| !d.is_wmbus()) {
         let loaded = provisioning(d).map_err(|e| anyhow::anyhow!("device {}: {e}", d.name)).and_then(|p| {
             if let Some(path) = d.js_codec_path() {
                 if !ns.has_decoder(&d.profile) {

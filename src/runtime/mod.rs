@@ -137,6 +137,10 @@ impl Daemon {
         let mut gwmp_addrs = Vec::new();
         let mut downlink_txs = Vec::new();
         let mut sources = Vec::new();
+        // The wM-Bus meters every wM-Bus stick decodes; all other meters' telegrams are only counted.
+        let wmbus_meters = Arc::new(crate::wmbus_meters::MeterTable::new(
+            config.device.iter().filter_map(crate::config::DeviceConfig::wmbus_meter),
+        ));
         for (i, source) in config.source.iter().enumerate() {
             let (dl_tx, dl_rx) = mpsc::channel::<SourceDownlink>(256);
             downlink_txs.push(dl_tx);
@@ -181,6 +185,18 @@ impl Daemon {
                     tasks.spawn(forward_frames(i, frames_rx, tx.clone()));
                     tasks.spawn(drop_downlinks(c.name.clone(), dl_rx, counters.clone()));
                     tasks.spawn(serial_lora::run_serial_lora(c.clone(), frames_tx, status, shutdown_rx.clone()));
+                }
+                SourceConfig::Wmbus(c) => {
+                    let (samples_tx, samples_rx) = mpsc::channel::<MeterSample>(64);
+                    tasks.spawn(forward_samples(samples_rx, tx.clone()));
+                    tasks.spawn(drop_downlinks(c.name.clone(), dl_rx, counters.clone()));
+                    let wiring = crate::io::wmbus::WmbusWiring {
+                        meters: wmbus_meters.clone(),
+                        out: samples_tx,
+                        status,
+                        counters: counters.clone(),
+                    };
+                    tasks.spawn(crate::io::wmbus::run(c.clone(), wiring, shutdown_rx.clone()));
                 }
                 SourceConfig::Sml(c) => {
                     let (samples_tx, samples_rx) = mpsc::channel::<MeterSample>(64);

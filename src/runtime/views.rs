@@ -40,6 +40,7 @@ pub(super) fn metrics_fn(
                 value,
             });
         }
+        extra_counters.extend(wmbus_counters(&counters));
         let source_metrics = sources
             .iter()
             .map(|s| SourceMetrics {
@@ -130,9 +131,36 @@ pub(super) fn page_fn(
             devices,
             control,
             counters: counters.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            wmbus_foreign: counters
+                .wmbus
+                .foreign_snapshot()
+                .into_iter()
+                .map(|((manufacturer, kind), n)| (manufacturer, kind, n))
+                .collect(),
         };
         crate::ops::status_page::render(&view)
     })
+}
+
+/// The wM-Bus telegrams that became no reading: foreign meters by manufacturer and type (never by
+/// id), decode failures by configured device.
+fn wmbus_counters(counters: &Counters) -> Vec<crate::ops::metrics::ExtraGauge> {
+    use crate::ops::metrics::ExtraGauge;
+    let foreign = counters.wmbus.foreign_snapshot().into_iter().map(|((manufacturer, kind), n)| ExtraGauge {
+        name: "wmbus_foreign_total".into(),
+        help: "wM-Bus telegrams of meters that are not configured (counted, not decoded), by manufacturer and type"
+            .into(),
+        labels: vec![("manufacturer".into(), manufacturer), ("type".into(), kind)],
+        value: n as f64,
+    });
+    let failed = counters.wmbus.failed_snapshot().into_iter().map(|(device, n)| ExtraGauge {
+        name: "wmbus_decode_failures_total".into(),
+        help: "telegrams of configured wM-Bus meters that could not be decoded (wrong or missing key, bad telegram)"
+            .into(),
+        labels: vec![("device".into(), device)],
+        value: n as f64,
+    });
+    foreign.chain(failed).collect()
 }
 
 fn health_state(s: crate::io::status::SourceState) -> crate::ops::health::SourceState {

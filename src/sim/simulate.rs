@@ -56,7 +56,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
     let configs = config::load_devices(&args.devices).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut devices = Vec::new();
     let mut otaa = Vec::new();
-    for d in &configs {
+    for d in configs.iter().filter(|d| !d.is_wmbus()) {
         match d.activation() {
             Ok(Activation::Abp { dev_addr, nwk_s_key, app_s_key }) => devices.push(SimDevice {
                 name: d.name.clone(),

@@ -324,7 +324,7 @@ impl District {
             let reading = match r {
                 Received::Sample(s) => {
                     fx.counts.meter_samples += 1;
-                    Reading::from_meter(self.loops.gateway_id(), &s.device, s.at, s.metrics)
+                    Reading::from_sample(self.loops.gateway_id(), s)
                 }
                 Received::Frame(frame) => {
                     let (outcome, out) = self.ns.handle_frame(now, now_ms, &frame);

@@ -163,7 +163,7 @@ fn a_meter_sample_becomes_a_reading() {
     let mut metrics = Map::new();
     metrics.insert("power_w".into(), json!(1234.5));
     let at = t0() - Duration::seconds(1);
-    let sample = MeterSample { device: "meter-01".into(), at, metrics };
+    let sample = MeterSample { device: "meter-01".into(), at, metrics, wmbus: None };
     let fx = d.on_input(t0(), Input::Ingest(vec![Received::Sample(sample)]));
     assert_eq!(fx.counts, Counts { meter_samples: 1, ..Counts::default() });
     assert_eq!(fx.records.len(), 1);
@@ -192,7 +192,7 @@ fn readings_not_published_are_still_seen() {
 #[test]
 fn ingest_keeps_arrival_order_and_puts_what_the_loops_derived_after_the_readings() {
     let mut d = district(false, true);
-    let sample = MeterSample { device: "meter-01".into(), at: t0(), metrics: Map::new() };
+    let sample = MeterSample { device: "meter-01".into(), at: t0(), metrics: Map::new(), wmbus: None };
     let input = Input::Ingest(vec![
         Received::Frame(sensor_frame(1, b"a")),
         Received::Sample(sample),
@@ -294,7 +294,7 @@ fn loop_state_saved_before_a_restart_is_restored_and_its_open_window_closes_on_t
     let mut d = district_with(false, true, Some(60));
     let mut metrics = Map::new();
     metrics.insert("power_w".into(), json!(1000.0));
-    let sample = MeterSample { device: "meter-01".into(), at: t0(), metrics };
+    let sample = MeterSample { device: "meter-01".into(), at: t0(), metrics, wmbus: None };
     let fx = d.on_input(t0(), Input::Ingest(vec![Received::Sample(sample)]));
     assert_eq!(fx.records.len(), 1, "the window is still open: only the reading");
     let saved = d.loops_snapshot(t0());

@@ -26,11 +26,31 @@ pub struct RadioFrame {
     pub origin: Origin,
 }
 
-/// One smart-meter sample (an SML frame's OBIS values), as the meter source hands it over: the core
-/// turns it into a reading ([`crate::reading::Reading::from_meter`]).
+/// One meter sample (an SML frame's OBIS values, or a configured wireless M-Bus meter's decoded
+/// telegram), as the meter source hands it over: the core turns it into a reading
+/// (`Reading::from_sample`).
 #[derive(Debug, Clone)]
 pub struct MeterSample {
     pub device: String,
     pub at: chrono::DateTime<chrono::Utc>,
     pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Set for a wireless M-Bus meter: its link-layer identity and reception.
+    pub wmbus: Option<WmbusMeta>,
+}
+
+/// Radio metadata of a wireless M-Bus reading (a meter heard by a wM-Bus stick). Absent for others.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct WmbusMeta {
+    /// The meter's 8-digit id as printed on it.
+    pub id: String,
+    /// Three-letter manufacturer code, e.g. "KAM".
+    pub manufacturer: String,
+    pub version: u8,
+    /// The device type (EN 13757-3 medium) by name, e.g. "water".
+    #[serde(rename = "type")]
+    pub device_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_number: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rssi: Option<i32>,
 }

@@ -24,3 +24,5 @@ pub mod reading;
 pub mod test_support;
 pub mod topic;
 pub mod wmbus;
+pub mod wmbus_meters;
+pub mod wmbus_stick;

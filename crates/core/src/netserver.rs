@@ -822,6 +822,7 @@ impl NetworkServer {
                 freq_hz: frame.freq_hz,
                 sf: frame.sf,
             }),
+            wmbus: None,
             error,
             warnings,
             errors,

@@ -25,6 +25,8 @@ pub struct LoraMeta {
     pub sf: Option<u8>,
 }
 
+pub use crate::ingest::WmbusMeta;
+
 /// One reading, built once by the core. Its `seq` is not part of it: the shell allocates the seq when
 /// it journals the reading and hands it to [`Reading::to_json`], which writes the pinned JSON (`seq`
 /// first, `at` as RFC 3339 with milliseconds).
@@ -38,6 +40,8 @@ pub struct Reading {
     pub metrics: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lorawan: Option<LoraMeta>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wmbus: Option<WmbusMeta>,
     /// Set when the payload could not be decoded; the raw payload is still in `lorawan.payload_hex`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -55,13 +59,20 @@ impl Reading {
 
     /// A smart-meter sample as a reading (profile `sml`, no radio metadata).
     pub fn from_meter(gateway: &str, device: &str, at: DateTime<Utc>, metrics: Map<String, Value>) -> Reading {
+        Reading::from_sample(gateway, crate::ingest::MeterSample { device: device.into(), at, metrics, wmbus: None })
+    }
+
+    /// A meter sample as a reading: profile `sml` for an SML meter, `wmbus` (with its `wmbus` object)
+    /// for a wireless M-Bus meter.
+    pub fn from_sample(gateway: &str, s: crate::ingest::MeterSample) -> Reading {
         Reading {
             gateway: gateway.to_string(),
-            device: device.to_string(),
-            profile: "sml".into(),
-            at,
-            metrics,
+            device: s.device,
+            profile: if s.wmbus.is_some() { "wmbus".into() } else { "sml".into() },
+            at: s.at,
+            metrics: s.metrics,
             lorawan: None,
+            wmbus: s.wmbus,
             error: None,
             warnings: vec![],
             errors: vec![],

@@ -15,7 +15,7 @@ pub mod script;
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::ingest::RadioFrame;
-use crate::io::status::{self, Backoff, SourceStatus};
+use crate::io::serial_port::{self, End, Supervision};
+use crate::io::status::SourceStatus;
 
 use lines::LineBuffer;
 use protocol::{judge, Capture, Line, Step, Verdict};
@@ -276,93 +277,35 @@ async fn run_steps<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(outcome)
 }
 
-enum End {
-    Shutdown,
-    OutputClosed,
-}
-
 /// Keeps one serial LoRa module receiving until `shutdown` turns true (or the output closes).
 pub async fn run_serial_lora(
     cfg: SerialLoraConfig,
     out: mpsc::Sender<RadioFrame>,
     status: Arc<SourceStatus>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let name = if cfg.name.is_empty() { cfg.port.display().to_string() } else { cfg.name.clone() };
-    let mut backoff =
-        Backoff::new(Duration::from_millis(cfg.backoff_min_ms), Duration::from_millis(cfg.backoff_max_ms));
-    let stable_after = Duration::from_millis(cfg.backoff_max_ms.max(10_000));
-    let mut failed_before = false;
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        if !cfg.port.exists() {
-            let why = format!("waiting for {} to come back", cfg.port.display());
-            if failed_before || status.state() != SourceState::Down {
-                tracing::warn!(source = %name, "{why}");
-            }
-            status.set_down(why);
-            failed_before = true;
-            if wait_for_device(&cfg.port, Duration::from_millis(cfg.device_poll_ms), &mut shutdown).await {
-                break;
-            }
-            continue;
-        }
-        if failed_before {
-            status.restart();
-            status.set_retrying();
-        }
-        let started = std::time::Instant::now();
-        match session(&cfg, &out, &status, &mut shutdown).await {
-            Ok(End::Shutdown) => break,
-            Ok(End::OutputClosed) => {
-                tracing::info!(source = %name, "frame consumer gone; serial source stops");
-                break;
-            }
-            Err(e) => {
-                if started.elapsed() >= stable_after {
-                    backoff.reset();
-                }
-                let delay = backoff.next_delay();
-                tracing::warn!(source = %name, error = %e, retry_in_ms = delay.as_millis() as u64, "serial LoRa module down");
-                status.set_down(e.to_string());
-                failed_before = true;
-                if status::sleep_or_shutdown(delay, &mut shutdown).await {
-                    break;
-                }
-            }
-        }
-    }
-    status.set_stopped();
-}
-
-/// Polls until `path` exists again; true on shutdown.
-async fn wait_for_device(path: &Path, every: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    loop {
-        if status::sleep_or_shutdown(every, shutdown).await {
-            return true;
-        }
-        if path.exists() {
-            return false;
-        }
-    }
+    let supervision = Supervision {
+        name: &name,
+        what: "serial LoRa module",
+        port: &cfg.port,
+        device_poll: Duration::from_millis(cfg.device_poll_ms),
+        backoff_min: Duration::from_millis(cfg.backoff_min_ms),
+        backoff_max: Duration::from_millis(cfg.backoff_max_ms),
+    };
+    let st = status.clone();
+    serial_port::supervise(supervision, status, shutdown, |mut shutdown| {
+        let (cfg, out, st) = (&cfg, &out, st.clone());
+        async move { session(cfg, out, &st, &mut shutdown).await }
+    })
+    .await;
 }
 
 fn open_port(cfg: &SerialLoraConfig) -> Result<tokio_serial::SerialStream, SerialLoraError> {
-    use tokio_serial::SerialPortBuilderExt;
-    let path = cfg.port.to_string_lossy().into_owned();
-    tokio_serial::new(path, cfg.baud())
-        .data_bits(tokio_serial::DataBits::Eight)
-        .parity(tokio_serial::Parity::None)
-        .stop_bits(tokio_serial::StopBits::One)
-        .flow_control(tokio_serial::FlowControl::None)
-        .open_native_async()
-        .map_err(|e| match e.kind {
-            tokio_serial::ErrorKind::NoDevice => SerialLoraError::Missing(cfg.port.clone()),
-            tokio_serial::ErrorKind::Io(std::io::ErrorKind::NotFound) => SerialLoraError::Missing(cfg.port.clone()),
-            _ => SerialLoraError::Open { path: cfg.port.clone(), detail: e.to_string() },
-        })
+    serial_port::open(&cfg.port, cfg.baud()).map_err(|e| match e {
+        serial_port::OpenError::Missing(p) => SerialLoraError::Missing(p),
+        serial_port::OpenError::Open { path, detail } => SerialLoraError::Open { path, detail },
+    })
 }
 
 async fn session(

@@ -55,39 +55,13 @@ fn write_line(master: &OwnedFd, line: &str) {
     let mut data = Vec::with_capacity(line.len() + 2);
     data.extend_from_slice(line.as_bytes());
     data.extend_from_slice(b"\r\n");
-    let mut off = 0;
-    // Non-blocking master: a pty buffer holds kilobytes; give up rather than spin on a full one.
-    for _ in 0..100 {
-        match nix::unistd::write(master, &data[off..]) {
-            Ok(n) => {
-                off += n;
-                if off >= data.len() {
-                    return;
-                }
-            }
-            Err(nix::errno::Errno::EAGAIN) => std::thread::sleep(Duration::from_millis(1)),
-            Err(_) => return,
-        }
-    }
+    crate::io::pty::write_master(master, &data);
 }
 
 impl ScriptedModule {
     /// Creates a pty, points `link` at its slave, and starts the module firmware on the master.
     pub fn spawn(kind: ModuleKind, link: &Path) -> std::io::Result<Self> {
-        use nix::sys::termios;
-        let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
-        // Raw mode on the line discipline: no echo, no CR/LF translation.
-        let mut t = termios::tcgetattr(&pty.slave).map_err(std::io::Error::from)?;
-        termios::cfmakeraw(&mut t);
-        termios::tcsetattr(&pty.slave, termios::SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;
-        let slave_path = nix::unistd::ttyname(&pty.slave).map_err(std::io::Error::from)?;
-        let flags =
-            nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
-        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
-            .map_err(std::io::Error::from)?;
-        let _ = std::fs::remove_file(link);
-        std::os::unix::fs::symlink(&slave_path, link)?;
+        let pty = crate::io::pty::open_linked(link)?;
         let master = Arc::new(pty.master);
         let state = Arc::new(Mutex::new(State {
             kind,

@@ -53,6 +53,11 @@ const GATEWAY_ID: &str = "demo-district";
 const PREFIX: &str = "city";
 const ZONE: &str = "reiherhagen";
 const METER: &str = "feeder-meter";
+/// The school's water meter, heard over wireless M-Bus (a scripted iM871A stick on a pty); a
+/// neighbour's meter is heard too, and only counted.
+const WATER_METER: &str = "school-water";
+const WATER_METER_ID: &str = "12345678";
+const NEIGHBOUR_METER_ID: &str = "87654321";
 const KEY_ID: &str = "demo-ops";
 /// The main loop's period (real time).
 const TICK: StdDuration = StdDuration::from_millis(50);
@@ -112,6 +117,11 @@ struct Demo {
     socket: UdpSocket,
     gwmp: SocketAddr,
     meter: MeterLine,
+    stick: crate::io::wmbus::script::ScriptedStick,
+    /// The water meter's register (litres), its last telegram, and telegrams sent (ours, neighbour's).
+    water_l: u32,
+    last_water: DateTime<Utc>,
+    water_sent: (u64, u64),
     broker: Option<BrokerProcess>,
     gate: Option<Gate>,
     client: AsyncClient,
@@ -254,6 +264,20 @@ impl Demo {
             let frame = district::sml_frame(self.meter_seq, self.district.energy_wh, kw * 1000.0);
             self.meter.send(&frame);
             self.rec.feeder.push((now, kw));
+        }
+        // The water meter sends every 4 minutes (simulated), the neighbour's too.
+        if now - self.last_water >= Duration::minutes(4) {
+            self.last_water = now;
+            self.water_l += 3 + (now.timestamp() % 17) as u32;
+            let acc = (self.water_sent.0 & 0xff) as u8;
+            let ours = district::wmbus_water_telegram("KAM", WATER_METER_ID, acc, self.water_l);
+            if self.stick.inject_telegram(&ours, 190) {
+                self.water_sent.0 += 1;
+            }
+            let theirs = district::wmbus_water_telegram("DME", NEIGHBOUR_METER_ID, acc, 40_000 + self.water_l);
+            if self.stick.inject_telegram(&theirs, 120) {
+                self.water_sent.1 += 1;
+            }
         }
         self.lamps_changed(now);
         self.backlog(now);

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::district::Kind;
 use super::net::ViewerMsg;
-use super::{view, Demo, GATEWAY_ID, METER, PREFIX, ZONE};
+use super::{view, Demo, GATEWAY_ID, METER, PREFIX, WATER_METER, ZONE};
 
 fn parse_at(v: &Value) -> Option<DateTime<Utc>> {
     v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
@@ -45,6 +45,8 @@ impl Demo {
         if let Some(device) = suffix.strip_prefix("reading/") {
             let kind = if device == METER {
                 Kind::Meter
+            } else if device == WATER_METER {
+                Kind::WaterMeter
             } else {
                 match self.district.by_name(device) {
                     Some(i) => self.district.devices[i].kind,
@@ -73,6 +75,7 @@ impl Demo {
                 Kind::Lamp => Some(format!("reports level {} %", m["lamp_level_pct"])),
                 Kind::Load => Some(format!("status {}", v["lorawan"]["payload_hex"].as_str().unwrap_or(""))),
                 Kind::Meter => m["power_w"].as_f64().map(|p| format!("{:.1} kW", p / 1000.0)),
+                Kind::WaterMeter => m["volume_m3"].as_f64().map(|v| format!("{v:.3} m³")),
             };
             // Readings are many: one line per kind of device every 45 (simulated) minutes.
             let due = self.last_printed.get(kind.key()).is_none_or(|t| now - *t >= Duration::minutes(45));
@@ -81,6 +84,8 @@ impl Demo {
                 let l = &v["lorawan"];
                 let radio = if l.is_object() {
                     format!("  [f_cnt {} sf{} rssi {}]", l["f_cnt"], l["sf"], l["rssi"])
+                } else if v["wmbus"].is_object() {
+                    format!("  [wM-Bus rssi {}]", v["wmbus"]["rssi"])
                 } else {
                     "  [SML]".into()
                 };

@@ -19,10 +19,12 @@ use super::district::{self, District, Kind, BASE_LEVEL, BOOST_LEVEL, FEEDER_LIMI
 use super::net::{self, BrokerProcess, Gate, ViewerMsg};
 use super::radio::MeterLine;
 use super::scenario::Script;
-use super::{view, Demo, DemoArgs, Recording, GATEWAY_ID, KEY_ID, METER, PREFIX, ZONE};
+use super::{view, Demo, DemoArgs, Recording, GATEWAY_ID, KEY_ID, METER, PREFIX, WATER_METER, WATER_METER_ID, ZONE};
 use crate::clock;
 use crate::config;
+use crate::io::wmbus::script::ScriptedStick;
 use crate::runtime::{Daemon, Options};
+use crate::wmbus_stick::StickKind;
 
 /// Parses `mqtt://host:port` (the demo only needs plain TCP).
 fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
@@ -91,7 +93,9 @@ pub(super) async fn start(args: DemoArgs) -> anyhow::Result<(Demo, UnboundedRece
     let meter = MeterLine::open()?;
     let district = District::new(start_at);
     let data = tempfile::tempdir().context("creating a temporary data dir")?;
-    let cfg_text = demo_config(&district, &data.path().join("data"), &daemon_url, &meter.path, &public);
+    let stick_link = data.path().join("ttyWMBUS");
+    let stick = ScriptedStick::spawn(StickKind::Im871a, &stick_link).context("a pty for the wM-Bus stick")?;
+    let cfg_text = demo_config(&district, &data.path().join("data"), &daemon_url, &meter.path, &stick_link, &public);
     let config =
         config::parse_str(&cfg_text, "demo.toml", data.path()).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let daemon = Daemon::start_opts(&config, Options::default()).await?;
@@ -116,6 +120,10 @@ pub(super) async fn start(args: DemoArgs) -> anyhow::Result<(Demo, UnboundedRece
         socket,
         gwmp,
         meter,
+        stick,
+        water_l: 182_000,
+        last_water: start_at - Duration::hours(1),
+        water_sent: (0, 0),
         broker,
         gate,
         client,
@@ -191,6 +199,10 @@ fn print_intro(
     }
     println!("  device     {:<22} {METER} (SML over a pseudo-terminal)", "smart meter, feeder");
     println!(
+        "  device     {:<22} {WATER_METER} (wireless M-Bus, a scripted iM871A stick on a pty)",
+        "water meter, school"
+    );
+    println!(
         "  time       starts {}; {speed:.0}x real time (1 s = {:.1} min){}",
         view::long_time(start),
         speed / 60.0,
@@ -219,6 +231,7 @@ fn demo_config(
     data: &std::path::Path,
     url: &str,
     meter: &std::path::Path,
+    stick: &std::path::Path,
     public: &str,
 ) -> String {
     let mut c = format!(
@@ -265,9 +278,26 @@ name = "feeder-meter-head"
 port = "{meter}"
 device = "{METER}"
 
+# A wireless M-Bus stick: the school's water meter is configured; the neighbours' meters it hears
+# are only counted (manufacturer, type), never decoded or published.
+[[source]]
+type = "wmbus"
+name = "wmbus-stick"
+port = "{stick}"
+stick = "im871a"
+mode = "t1"
+
+[[device]]
+name = "{WATER_METER}"
+profile = "wmbus"
+wmbus_id = "{WATER_METER_ID}"
+manufacturer = "KAM"
+max_silence_s = 3600
+
 "#,
         data = data.display(),
-        meter = meter.display()
+        meter = meter.display(),
+        stick = stick.display()
     );
     for d in &district.devices {
         let mut t = d.sim.config_toml().trim_end().to_string();

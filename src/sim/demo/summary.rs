@@ -130,6 +130,7 @@ impl Demo {
             "sim_hours": ((end - start).num_seconds() as f64 / 360.0).round() / 10.0,
             "readings": readings,
             "uplinks": {"sent": self.sent, "acked": self.acked.len(), "downlinks_received": self.downlinks},
+            "wmbus": {"ours_sent": self.water_sent.0, "neighbours_sent": self.water_sent.1},
             "delivery": {
                 "acked_uplinks_lost": lost_n,
                 "lost_examples": lost,
