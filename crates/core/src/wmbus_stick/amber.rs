@@ -6,7 +6,7 @@
 //! bytes, L-field first, with one RSSI byte appended when RSSI is enabled (`CMD_SET_REQ` of the
 //! `RSSI_Enable` parameter); in command-output mode it comes as a `CMD_DATA_IND` frame, also accepted.
 
-use super::{InitStep, LinkMode, StickEvent};
+use super::{InitStep, LinkMode, Parse, Resync, StickEvent};
 
 pub const DEFAULT_BAUD: u32 = 9_600;
 pub const SOF: u8 = 0xFF;
@@ -97,31 +97,14 @@ impl Default for Decoder {
 impl Decoder {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<StickEvent> {
         self.buf.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        let mut skipped = 0usize;
-        let mut why = "";
+        let mut resync = Resync::default();
         loop {
-            match self.parse() {
-                Parse::Partial => break,
-                Parse::Bad(reason) => {
-                    skipped += 1;
-                    why = reason;
-                    self.buf.drain(..1);
-                }
-                Parse::Frame { len, event } => {
-                    if skipped > 0 {
-                        events.push(StickEvent::Skipped { bytes: skipped, why });
-                        skipped = 0;
-                    }
-                    events.push(event);
-                    self.buf.drain(..len);
-                }
+            let parse = self.parse();
+            if !resync.step(&mut self.buf, parse) {
+                break;
             }
         }
-        if skipped > 0 {
-            events.push(StickEvent::Skipped { bytes: skipped, why });
-        }
-        events
+        resync.finish()
     }
 
     fn parse(&self) -> Parse {
@@ -167,12 +150,6 @@ fn split_telegram(bytes: &[u8], rssi_len: usize) -> Option<StickEvent> {
     let frame = bytes.get(..1 + l)?.to_vec();
     let rssi_dbm = if rssi_len == 1 { bytes.get(1 + l).copied().map(rssi_dbm) } else { None };
     Some(StickEvent::Telegram { frame, rssi_dbm })
-}
-
-enum Parse {
-    Partial,
-    Bad(&'static str),
-    Frame { len: usize, event: StickEvent },
 }
 
 /// A reply as the stick sends it (for the scripted stick and tests).

@@ -7,7 +7,7 @@
 //! little-endian). A received telegram is a radio-link `WMBUSMSG_IND` whose payload is the telegram
 //! from its C-field on: the stick drops the L-field, which is the payload length, put back here.
 
-use super::{InitStep, LinkMode, StickEvent};
+use super::{InitStep, LinkMode, Parse, Resync, StickEvent};
 use crate::meter::crc16_x25;
 
 pub const DEFAULT_BAUD: u32 = 57_600;
@@ -95,56 +95,29 @@ const MAX_FRAME: usize = 4 + 255 + 4 + 1 + 2;
 impl Decoder {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<StickEvent> {
         self.buf.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        let mut skipped = 0usize;
-        let mut why = "";
+        let mut resync = Resync::default();
         loop {
             // Resynchronise on the start byte.
             match self.buf.iter().position(|b| *b == SOF) {
                 Some(0) => {}
                 Some(n) => {
-                    skipped += n;
-                    why = "no start byte";
+                    resync.skip(n, "no start byte");
                     self.buf.drain(..n);
                 }
                 None => {
-                    skipped += self.buf.len();
-                    if !self.buf.is_empty() {
-                        why = "no start byte";
-                    }
+                    resync.skip(self.buf.len(), "no start byte");
                     self.buf.clear();
                     break;
                 }
             }
-            match parse(&self.buf) {
-                Parse::Partial => break,
-                Parse::Bad(reason) => {
-                    skipped += 1;
-                    why = reason;
-                    self.buf.drain(..1);
-                }
-                Parse::Frame { len, event } => {
-                    if skipped > 0 {
-                        events.push(StickEvent::Skipped { bytes: skipped, why });
-                        skipped = 0;
-                    }
-                    events.push(event);
-                    self.buf.drain(..len);
-                }
+            let parsed = parse(&self.buf);
+            if !resync.step(&mut self.buf, parsed) {
+                break;
             }
         }
-        if skipped > 0 {
-            events.push(StickEvent::Skipped { bytes: skipped, why });
-        }
         debug_assert!(self.buf.len() < MAX_FRAME);
-        events
+        resync.finish()
     }
-}
-
-enum Parse {
-    Partial,
-    Bad(&'static str),
-    Frame { len: usize, event: StickEvent },
 }
 
 fn parse(buf: &[u8]) -> Parse {

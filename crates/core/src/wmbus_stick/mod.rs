@@ -124,3 +124,61 @@ impl StickDecoder {
 pub fn reply_ok(status: Option<u8>) -> bool {
     matches!(status, None | Some(0))
 }
+
+/// What a stick's frame parser makes of the bytes at the start of its buffer.
+enum Parse {
+    /// More bytes are needed.
+    Partial,
+    /// Not a frame here: skip one byte and look again.
+    Bad(&'static str),
+    /// A whole frame of `len` bytes.
+    Frame { len: usize, event: StickEvent },
+}
+
+/// The resynchronising loop both decoders share: frames become events, bytes that are no frame are
+/// counted and reported as one `Skipped` before the next frame (and at the end of the input).
+#[derive(Default)]
+struct Resync {
+    events: Vec<StickEvent>,
+    skipped: usize,
+    why: &'static str,
+}
+
+impl Resync {
+    fn skip(&mut self, n: usize, why: &'static str) {
+        if n > 0 {
+            self.skipped += n;
+            self.why = why;
+        }
+    }
+
+    /// Applies one parse of the front of `buf`; false when more bytes are needed.
+    fn step(&mut self, buf: &mut Vec<u8>, parse: Parse) -> bool {
+        match parse {
+            Parse::Partial => false,
+            Parse::Bad(reason) => {
+                self.skip(1, reason);
+                buf.drain(..1.min(buf.len()));
+                true
+            }
+            Parse::Frame { len, event } => {
+                self.report_skipped();
+                self.events.push(event);
+                buf.drain(..len.min(buf.len()));
+                true
+            }
+        }
+    }
+
+    fn report_skipped(&mut self) {
+        if self.skipped > 0 {
+            self.events.push(StickEvent::Skipped { bytes: self.skipped, why: self.why });
+            self.skipped = 0;
+        }
+    }
+
+    fn finish(mut self) -> Vec<StickEvent> {
+        self.report_skipped();
+        self.events
+    }
+}
