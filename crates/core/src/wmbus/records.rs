@@ -175,7 +175,8 @@ pub fn decode<'a>(
         let mut shift = 0u32;
         while ext {
             let dife = r.u8()?;
-            if shift >= 40 {
+            // EN 13757-3 allows at most 10 DIFEs (and an eleventh would shift the storage number past 64 bits).
+            if shift >= 10 {
                 return Err(WmbusError::Invalid("more than 10 DIFE bytes".into()));
             }
             storage |= u64::from(dife & 0x0F) << (1 + 4 * shift);

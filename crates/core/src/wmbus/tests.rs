@@ -111,3 +111,28 @@ fn truncated_and_mutated_telegrams_never_panic() {
         }
     }
 }
+
+/// Fuzz regression (`wmbus_telegram`, crash-84282c7d): a record with more DIFE bytes than EN 13757-3's
+/// ten shifted the storage number past 64 bits (a panic with overflow checks). Now an error, and the
+/// fuzzer's input decodes to an error or a reading, never a panic.
+#[test]
+fn more_than_ten_dife_bytes_are_an_error() {
+    let crash = hex("FFFFFFFFFFFFFFFFFFFF788FFFFFFFFFFFFFFFFFFFFFFFFFFFFF8F3D8F");
+    let _ = decode_telegram(&crash, None);
+    let _ = decode_telegram(&crash, Some(&KADEN_KEY));
+    let _ = decode_telegram_with(&crash, None, DecodeOptions { already_decrypted: true });
+    // DIF 0x84 (32-bit integer, a DIFE follows), eleven DIFEs, VIF 0x13 (volume, litres), four data bytes.
+    let mut record = vec![0x84];
+    record.extend([0x81; 10]);
+    record.push(0x01);
+    record.extend([0x13, 1, 0, 0, 0]);
+    let (mut m, mut w) = (Metrics::new(), Vec::new());
+    assert!(matches!(super::records::decode(&record, &mut m, &mut w), Err(WmbusError::Invalid(_))));
+    // Ten are fine.
+    let mut record = vec![0x84];
+    record.extend([0x81; 9]);
+    record.push(0x01);
+    record.extend([0x13, 1, 0, 0, 0]);
+    let (mut m, mut w) = (Metrics::new(), Vec::new());
+    assert!(super::records::decode(&record, &mut m, &mut w).is_ok(), "{w:?}");
+}
