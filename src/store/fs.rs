@@ -103,7 +103,8 @@ impl FsFile for RealFile {
         if free < len.saturating_mul(MIN_FREE_SEGMENTS) {
             return Ok(false);
         }
-        let n = i64::try_from(len).map_err(io::Error::other)?;
+        // off_t: 32 bits on armhf.
+        let n = nix::libc::off_t::try_from(len).map_err(io::Error::other)?;
         match fallocate(self.0.as_raw_fd(), FallocateFlags::empty(), 0, n) {
             Ok(()) => Ok(true),
             Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
