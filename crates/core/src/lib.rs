@@ -19,6 +19,7 @@ pub mod loops;
 pub mod lorawan;
 pub mod meter;
 pub mod netserver;
+pub mod openadr;
 pub mod reading;
 #[doc(hidden)]
 pub mod test_support;

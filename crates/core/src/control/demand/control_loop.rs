@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::control_box::{self, Change};
+use super::events::VTN_PREFIX;
 use super::report::Acc;
 use super::{
     add_ms, ActionLog, Demand, LimitReason, LoadCommand, LoadKind, LoadState, Output, Pending, Reason, MAX_PENDING,
@@ -63,27 +64,27 @@ impl Demand {
         let mut surplus = false;
         let mut surplus_ramp = 0;
         let mut active = Vec::new();
-        match self.heartbeat_lost(now) {
-            Some(true) => {
-                let since = self.heartbeat.map(|h| add_ms(h, i64::from(self.p.heartbeat_timeout_s) * 1000));
-                let fs_end = since.map(|s| add_ms(s, i64::from(self.p.failsafe_duration_s) * 1000));
-                if fs_end.is_some_and(|e| now < e) && self.p.failsafe_limit_kw() < best.0 {
-                    best = (self.p.failsafe_limit_kw(), LimitReason::HeartbeatLost);
+        // While the city's heartbeat is lost its events are suspended (a missed cancel must not hold
+        // loads back) and the fail-safe limit holds; the VTN's events run on (another link).
+        let city_lost = self.heartbeat_lost(now) == Some(true);
+        if city_lost {
+            let since = self.heartbeat.map(|h| add_ms(h, i64::from(self.p.heartbeat_timeout_s) * 1000));
+            let fs_end = since.map(|s| add_ms(s, i64::from(self.p.failsafe_duration_s) * 1000));
+            if fs_end.is_some_and(|e| now < e) && self.p.failsafe_limit_kw() < best.0 {
+                best = (self.p.failsafe_limit_kw(), LimitReason::HeartbeatLost);
+            }
+        }
+        let running = self.events.booked.iter().filter(|b| !city_lost || b.ev.id.starts_with(VTN_PREFIX));
+        for b in running.filter(|b| b.is_active(now)) {
+            active.push(b.ev.id.clone());
+            if let Some(l) = b.limit_at(now, self.p.limit_kw) {
+                if l < best.0 {
+                    best = (l, LimitReason::Event(b.ev.id.clone()));
                 }
             }
-            _ => {
-                for b in self.events.booked.iter().filter(|b| b.is_active(now)) {
-                    active.push(b.ev.id.clone());
-                    if let Some(l) = b.limit_at(now, self.p.limit_kw) {
-                        if l < best.0 {
-                            best = (l, LimitReason::Event(b.ev.id.clone()));
-                        }
-                    }
-                    if b.surplus {
-                        surplus = true;
-                        surplus_ramp = surplus_ramp.max(b.ev.ramp_s);
-                    }
-                }
+            if b.surplus {
+                surplus = true;
+                surplus_ramp = surplus_ramp.max(b.ev.ramp_s);
             }
         }
         if self.meter_lost(now) && self.p.meter_lost_limit_kw() < best.0 {

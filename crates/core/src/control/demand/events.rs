@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use super::report::Acc;
 use super::Rng;
 
+/// The ids of the events that come from the OpenADR VTN (`oadr:<event id>:<interval id>`), not from
+/// the city's `dr.event`: the city cannot book or cancel them, and they are not suspended while the
+/// city's heartbeat is lost (the VTN link is another link; its events run to their end).
+pub const VTN_PREFIX: &str = "oadr:";
 /// Most events booked at once.
 pub const MAX_EVENTS: usize = 64;
 /// Longest event (31 days).
@@ -92,6 +96,8 @@ pub enum EventError {
     InvalidStart,
     #[error("too many events booked (at most {MAX_EVENTS})")]
     TooManyEvents,
+    #[error("ids starting with {VTN_PREFIX} belong to the OpenADR VTN's events")]
+    ReservedId,
 }
 
 /// What a valid event or cancel did (the `cmd/res` result).

@@ -1,8 +1,10 @@
-//! Inputs: the city's heartbeat and `dr.*` commands refreshing it, and feeder meter readings.
+//! Inputs: the city's heartbeat and `dr.*` commands refreshing it, the OpenADR VTN's events, and feeder
+//! meter readings.
 
 use chrono::{DateTime, Utc};
 
-use super::{add_ms, Demand, Reading, MAX_POWER_W};
+use super::events::VTN_PREFIX;
+use super::{add_ms, Demand, DrEvent, Output, Reading, MAX_POWER_W};
 
 impl Demand {
     pub(super) fn hear_city(&mut self, now: DateTime<Utc>, at: DateTime<Utc>) {
@@ -46,6 +48,33 @@ impl Demand {
         for b in &mut self.events.booked {
             if let Some(acc) = &mut b.acc {
                 acc.add_reading(kw);
+            }
+        }
+    }
+
+    /// The VTN's complete set: book each, cancel what it withdrew (see [`super::Input::VtnEvents`]).
+    pub(super) fn vtn_events(&mut self, now: DateTime<Utc>, events: Vec<DrEvent>, out: &mut Output) {
+        let wanted: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        for ev in events {
+            let id = ev.id.clone();
+            let ack = if id.starts_with(VTN_PREFIX) {
+                self.events.upsert(ev, now, &mut self.rng, self.p.limit_kw, &self.p.level_factors)
+            } else {
+                Err(super::EventError::InvalidId)
+            };
+            out.acks.push((id, ack));
+        }
+        let withdrawn: Vec<String> = self
+            .events
+            .booked
+            .iter()
+            .map(|b| b.ev.id.clone())
+            .filter(|id| id.starts_with(VTN_PREFIX) && !wanted.contains(id))
+            .collect();
+        for id in withdrawn {
+            if let Ok((ack, Some(b))) = self.events.cancel(&id, None) {
+                self.finish_event(b, now, true, out);
+                out.acks.push((id, Ok(ack)));
             }
         }
     }

@@ -67,7 +67,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 pub use commands::{ActionLog, LimitReason, LoadCommand, LoadState, Reason};
 pub use control_box::{ControlBoxEpisode, ControlBoxStatus};
-pub use events::{DrEvent, EventAck, EventError, MAX_EVENTS};
+pub use events::{DrEvent, EventAck, EventError, MAX_EVENTS, VTN_PREFIX};
 pub use params::{
     ConnectionParams, ControlBoxParams, DemandParams, LoadKind, LoadParams, OutputSpec, ParamsError, Problem,
     SECTION_14A_MIN_KW,
@@ -146,6 +146,11 @@ pub enum Input {
     LoadFeedback { load: String, at: DateTime<Utc>, power_kw: f64 },
     /// A settled (debounced) contact of the §14a control box: `contact` indexes `control_box.pins`.
     ControlBox { contact: usize, closed: bool },
+    /// The complete set of events an outside source (the OpenADR VTN) has now: each is booked like a
+    /// `dr.event` (an unchanged one is `Stale` and changes nothing); a booked event of that source
+    /// (id starting with [`VTN_PREFIX`]) that is no longer in the set was withdrawn and is cancelled.
+    /// Not the city's heartbeat. Answered in [`Output::acks`].
+    VtnEvents(Vec<DrEvent>),
 }
 
 /// Everything one call produces.
@@ -160,6 +165,8 @@ pub struct Output {
     pub ack: Option<Result<EventAck, EventError>>,
     /// Control-box episodes that started or ended.
     pub control_box: Vec<ControlBoxEpisode>,
+    /// The answers to a `VtnEvents` input, per event id (withdrawn ones as `Cancelled`).
+    pub acks: Vec<(String, Result<EventAck, EventError>)>,
 }
 
 /// The demand-response loop of one feeder.
@@ -286,6 +293,8 @@ impl Demand {
         match input {
             Input::Tick => {}
             Input::Meter { at, power_w } => self.meter(now, clamp_time(at), power_w),
+            Input::Event(ev) if ev.id.starts_with(VTN_PREFIX) => out.ack = Some(Err(EventError::ReservedId)),
+            Input::Cancel { id, .. } if id.starts_with(VTN_PREFIX) => out.ack = Some(Err(EventError::ReservedId)),
             Input::Event(ev) => {
                 self.refresh_city(now);
                 let ack = self.events.upsert(ev, now, &mut self.rng, self.p.limit_kw, &self.p.level_factors);
@@ -312,6 +321,7 @@ impl Demand {
                 }
             }
             Input::ControlBox { contact, closed } => self.control_box_contact(now, contact, closed, &mut out),
+            Input::VtnEvents(events) => self.vtn_events(now, events, &mut out),
         }
         self.control(now, &mut out);
         self.status(now, &mut out);

@@ -36,6 +36,8 @@ pub struct Report {
     pub minutes_over_limit: f64,
     /// Highest valid meter reading in the period, kW.
     pub peak_kw: Option<f64>,
+    /// Mean of the valid meter readings in the period, kW.
+    pub mean_kw: Option<f64>,
     /// Tightest limit in force during the period, kW.
     pub min_limit_kw: Option<f64>,
     /// In config order.
@@ -63,7 +65,7 @@ impl Report {
     }
 
     /// `{"scope":"window"|"event","event_id","modification","cancelled","start","end","partial",
-    /// "energy_shifted_kwh","minutes_over_limit","peak_kw","min_limit_kw","invalid_readings",
+    /// "energy_shifted_kwh","minutes_over_limit","peak_kw","mean_kw","min_limit_kw","invalid_readings",
     /// "loads":{"hp-12":{"blocked_s","boosted_s"}}}`.
     pub fn to_value(&self) -> Value {
         let mut loads = Map::new();
@@ -78,6 +80,7 @@ impl Report {
             "energy_shifted_kwh": r3(self.energy_shifted_kwh),
             "minutes_over_limit": r3(self.minutes_over_limit),
             "peak_kw": self.peak_kw.map(r3),
+            "mean_kw": self.mean_kw.map(r3),
             "min_limit_kw": self.min_limit_kw.map(r3),
             "invalid_readings": self.invalid_readings,
             "loads": loads,
@@ -114,6 +117,9 @@ pub(crate) struct Acc {
     energy_kwh: f64,
     over_s: f64,
     peak_kw: Option<f64>,
+    /// Sum and number of the valid readings, for the mean.
+    sum_kw: f64,
+    readings: u64,
     min_limit_kw: Option<f64>,
     blocked_s: Vec<f64>,
     boosted_s: Vec<f64>,
@@ -128,6 +134,8 @@ impl Acc {
             energy_kwh: 0.0,
             over_s: 0.0,
             peak_kw: None,
+            sum_kw: 0.0,
+            readings: 0,
             min_limit_kw: None,
             blocked_s: vec![0.0; loads],
             boosted_s: vec![0.0; loads],
@@ -156,6 +164,8 @@ impl Acc {
 
     pub fn add_reading(&mut self, kw: f64) {
         self.peak_kw = Some(self.peak_kw.map_or(kw, |p| p.max(kw)));
+        self.sum_kw += kw;
+        self.readings += 1;
     }
 
     pub fn add_invalid(&mut self) {
@@ -171,6 +181,7 @@ impl Acc {
             energy_shifted_kwh: self.energy_kwh,
             minutes_over_limit: self.over_s / 60.0,
             peak_kw: self.peak_kw,
+            mean_kw: (self.readings > 0).then(|| self.sum_kw / self.readings as f64),
             min_limit_kw: self.min_limit_kw,
             loads: names
                 .iter()

@@ -7,6 +7,7 @@ mod control_box;
 mod params_validation;
 mod properties;
 mod simulated_day;
+mod vtn_events;
 
 use std::collections::HashMap;
 
@@ -144,6 +145,8 @@ struct Sim {
     reports: Vec<Report>,
     statuses: Vec<DrStatus>,
     acks: Vec<Result<EventAck, EventError>>,
+    /// The answers to `VtnEvents` inputs.
+    vtn_acks: Vec<(String, Result<EventAck, EventError>)>,
     /// (time, plant power, uncontrolled power) at each reading.
     samples: Vec<(DateTime<Utc>, f64, f64)>,
     /// Control-box episodes as they started and ended.
@@ -166,6 +169,7 @@ impl Sim {
             reports: vec![],
             statuses: vec![],
             acks: vec![],
+            vtn_acks: vec![],
             samples: vec![],
             episodes: vec![],
         };
@@ -187,6 +191,7 @@ impl Sim {
         self.reports.extend(out.reports);
         self.statuses.extend(out.status);
         self.acks.extend(out.ack);
+        self.vtn_acks.extend(out.acks);
         self.episodes.extend(out.control_box);
     }
 
