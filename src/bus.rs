@@ -88,6 +88,13 @@ pub enum Control {
         device: String,
         reply: oneshot::Sender<Result<DeviceChange, String>>,
     },
+    /// The OpenADR VTN's complete set of events (the VEN's poll), mapped; `reply`: each event's answer.
+    VtnEvents {
+        events: Vec<crate::control::demand::DrEvent>,
+        reply: oneshot::Sender<
+            Vec<(String, Result<crate::control::demand::EventAck, crate::control::demand::EventError>)>,
+        >,
+    },
     /// The control loops' state, for `status`.
     LoopStatus {
         reply: oneshot::Sender<serde_json::Value>,

@@ -71,6 +71,11 @@ counters! {
     power_fail_since_unix_ms: "when mains power was lost (ms since 1970; 0 while it is present; a gauge)",
     wmbus_telegrams: "telegrams received from wireless M-Bus sticks (every meter heard, configured or not)",
     wmbus_unreadable: "wM-Bus telegrams without a readable link header (noise, torn frames)",
+    openadr_polls: "successful polls of the OpenADR VTN (programs and events read)",
+    openadr_poll_errors: "failed polls of the OpenADR VTN (unreachable, refused, timed out)",
+    openadr_intervals_refused: "OpenADR event intervals refused (unsupported payload type, malformed), once per version",
+    openadr_reports_sent: "reports created at the OpenADR VTN",
+    openadr_reports_dropped: "reports of OpenADR events the VTN did not get (queue full, or the VTN refused them)",
 }
 
 /// The wM-Bus telegrams that became no reading, by label. Foreign meters are counted by manufacturer

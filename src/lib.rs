@@ -5,8 +5,8 @@
 //! ARCHITECTURE.md for the map.
 
 pub use district_core::{
-    aggregate, control, decode, district, durability, events, ingest, keys, loops, lorawan, meter, netserver, reading,
-    topic, wmbus_meters, wmbus_stick,
+    aggregate, control, decode, district, durability, events, ingest, keys, loops, lorawan, meter, netserver, openadr,
+    reading, topic, wmbus_meters, wmbus_stick,
 };
 
 pub mod bus;

@@ -103,6 +103,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    district_gateway::runtime::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => match config::load(&config) {

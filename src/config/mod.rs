@@ -20,6 +20,7 @@ mod control_box;
 mod keypath;
 pub mod mac;
 mod multicast;
+pub mod openadr;
 mod power_fail;
 pub mod problem;
 pub mod radio;

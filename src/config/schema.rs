@@ -46,6 +46,9 @@ pub struct Config {
     /// `[power_fail]`: a GPIO line that says mains power is lost. Absent: no such input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_fail: Option<PowerFailConfig>,
+    /// `[openadr]`: follow an OpenADR 3.1 VTN as a VEN. Absent: no VEN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openadr: Option<super::openadr::OpenAdrConfig>,
     /// The directory relative paths in the config are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,

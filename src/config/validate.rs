@@ -28,6 +28,7 @@ const ROOT_KEYS: &[&str] = &[
     "demand_response",
     "lorawan",
     "power_fail",
+    "openadr",
 ];
 const ABP_KEYS: [&str; 3] = ["dev_addr", "nwk_s_key", "app_s_key"];
 const OTAA_KEYS: [&str; 3] = ["dev_eui", "join_eui", "app_key"];
@@ -64,6 +65,7 @@ struct Parts {
     devices_file: Option<PathBuf>,
     lorawan: Option<LorawanConfig>,
     power_fail: Option<PowerFailConfig>,
+    openadr: Option<super::openadr::OpenAdrConfig>,
 }
 
 pub(crate) fn parse_and_validate(text: &str, label: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
@@ -125,6 +127,7 @@ pub(crate) fn parse_and_validate(text: &str, label: &str, base_dir: &Path) -> Re
         lighting: LightingConfig { zone: parts.zones.into_iter().map(|z| z.zone).collect() },
         demand_response,
         power_fail: parts.power_fail,
+        openadr: parts.openadr,
         base_dir: base_dir.to_path_buf(),
     })
 }
@@ -144,6 +147,7 @@ fn read_root(doc: &Doc<'_>, parts: &mut Parts, sink: &mut Sink) {
             "buffer" => parts.buffer = de_collect(doc, v, &path, sink),
             "lorawan" => parts.lorawan = de_collect(doc, v, &path, sink),
             "power_fail" => parts.power_fail = de_collect(doc, v, &path, sink),
+            "openadr" => parts.openadr = de_collect(doc, v, &path, sink),
             "ops" => {
                 let (rest, keys) = split_off(v, "key");
                 parts.ops = de_collect(doc, &rest, &path, sink);
@@ -420,6 +424,9 @@ fn check(docs: &[&Doc<'_>], base_dir: &Path, parts: &mut Parts, sink: &mut Sink)
         if let Some(cb) = &dr.control_box {
             super::control_box::check(main, cb, &parts.sources, parts.power_fail.as_ref(), sink);
         }
+    }
+    if let Some(o) = &parts.openadr {
+        super::openadr::check(main, o, parts.demand_response.is_some(), sink);
     }
     if let Some(pf) = &parts.power_fail {
         super::power_fail::check(main, pf, &parts.sources, &parts.loads, sink);

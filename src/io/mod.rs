@@ -3,6 +3,7 @@
 pub mod gpio;
 pub mod gwmp;
 pub mod mqtt;
+pub mod openadr;
 pub mod pty;
 pub mod serial_lora;
 pub mod serial_port;

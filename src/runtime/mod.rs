@@ -93,6 +93,7 @@ impl Daemon {
     }
 
     pub async fn start_opts(config: &Config, options: Options) -> anyhow::Result<Daemon> {
+        install_crypto_provider();
         let hardware = options.hardware;
         let started = std::time::Instant::now();
         let started_at = crate::clock::now();
@@ -222,6 +223,26 @@ impl Daemon {
             shutdown_rx.clone(),
             &mut tasks,
         )?);
+        let vtn_reports = match &config.openadr {
+            Some(cfg) => {
+                let secret = crate::config::openadr::read_client_secret(&config.resolve_path(&cfg.client_secret_file))
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let client = crate::io::openadr::client(cfg, secret)?;
+                let status = SourceStatus::new(crate::io::openadr::NAME, "openadr");
+                sources.push(status.clone());
+                let (reports_tx, reports) = mpsc::channel(64);
+                let wiring = crate::io::openadr::VenWiring {
+                    control: control_tx.clone(),
+                    reports,
+                    status,
+                    counters: counters.clone(),
+                    shutdown: shutdown_rx.clone(),
+                };
+                tasks.spawn(crate::io::openadr::run(cfg.clone(), client, wiring));
+                Some(reports_tx)
+            }
+            None => None,
+        };
         let (loops, relays) = build_loops(config, &hardware)?;
         let board =
             crate::ops::board::Board::new_shared(config.device.iter().map(|d| (d.name.clone(), d.profile.clone())));
@@ -242,6 +263,7 @@ impl Daemon {
             sync_retry_at: None,
             loops_saved: None,
             mains: power_fail::MainsPower::default(),
+            vtn_reports,
         };
         tasks.spawn(pipeline.run(rx, control_rx, tx_failed_rx));
 
@@ -345,4 +367,11 @@ fn restrict_permissions(dir: &Path) {
     if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
         tracing::warn!(dir = %dir.display(), error = %e, "could not restrict the data dir to mode 700");
     }
+}
+
+/// rustls has two crypto providers compiled in (ring, which the MQTT and broker TLS use, and aws-lc-rs,
+/// which openleadr-client's HTTP client brings and selects itself), so rustls cannot pick a process
+/// default on its own: ring is installed as the default once, before any TLS configuration is built.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -117,6 +117,8 @@ pub(super) struct Pipeline {
     pub(super) sync_retry_at: Option<tokio::time::Instant>,
     /// The control loops' state as last journaled (to skip saves that would change only its time).
     pub(super) loops_saved: Option<crate::loops::LoopsState>,
+    /// The OpenADR VEN's queue of reports for the VTN (None: no `[openadr]`).
+    pub(super) vtn_reports: Option<mpsc::Sender<crate::openadr::IntervalReport>>,
 }
 
 /// Waits until `at`, or forever when there is nothing to wait for.
@@ -400,6 +402,13 @@ impl Pipeline {
                 let fx = self.district.on_input(crate::clock::now(), Input::ControlBox { contact, closed });
                 self.loop_effects(fx).await;
             }
+            Control::VtnEvents { events, reply } => {
+                let mut fx = self.district.on_input(crate::clock::now(), Input::VtnEvents(events));
+                if let Some(Answer::VtnEvents(acks)) = fx.answer.take() {
+                    let _ = reply.send(acks);
+                }
+                self.loop_effects(fx).await;
+            }
             Control::Command { cmd, args, reply } => {
                 let mut fx = self.district.on_input(crate::clock::now(), Input::Command { cmd, args });
                 let result = match fx.answer.take() {
@@ -408,6 +417,17 @@ impl Pipeline {
                 };
                 let _ = reply.send(result);
                 self.loop_effects(fx).await;
+            }
+        }
+    }
+
+    /// Hands the reports of the VTN's events to the VEN (they are journaled for the city as well; a
+    /// full queue — the VTN long unreachable — drops the VTN's copy, counted).
+    fn to_vtn(&self, reports: Vec<crate::openadr::IntervalReport>) {
+        for r in reports {
+            match &self.vtn_reports {
+                Some(tx) if tx.try_send(r).is_ok() => {}
+                _ => Counters::inc(&self.counters.openadr_reports_dropped),
             }
         }
     }
@@ -478,8 +498,9 @@ impl Pipeline {
     /// durability policy says (always before a downlink: it uses a frame counter), and only then
     /// sends the downlinks. Returns whether everything is in the journal (what the caller may
     /// acknowledge).
-    async fn apply(&mut self, mut batch: Batch, fx: Effects) -> bool {
+    async fn apply(&mut self, mut batch: Batch, mut fx: Effects) -> bool {
         self.switch_relays(&fx.relays);
+        self.to_vtn(std::mem::take(&mut fx.vtn_reports));
         for m in &fx.records {
             let seq = self.store.allocate_seq();
             if let Message::Reading(r) = m {

@@ -52,6 +52,8 @@ pub enum Input {
     RestoreLoops(LoopsState),
     /// A settled contact of the §14a control box (`contact` indexes `demand_response.control_box.pins`).
     ControlBox { contact: usize, closed: bool },
+    /// The OpenADR VTN's complete set of events, mapped; answered with [`Answer::VtnEvents`].
+    VtnEvents(Vec<crate::control::demand::DrEvent>),
 }
 
 /// A message for the broker, in journal order. It has no seq yet: the shell allocates one when it
@@ -193,6 +195,8 @@ pub enum Answer {
     Enqueued(Result<DownlinkId, String>),
     /// To [`Input::Command`]: the command's result, or its refusal.
     Command(Result<Value, (RefusalCode, String)>),
+    /// To [`Input::VtnEvents`]: each event's answer.
+    VtnEvents(Vec<(String, Result<crate::control::demand::EventAck, crate::control::demand::EventError>)>),
 }
 
 /// What one input produced, for the shell to carry out. Ordering rule: `records` and `persist` go to
@@ -218,6 +222,8 @@ pub struct Effects {
     /// Every reading made (published or not), for the local status page.
     pub seen: Vec<Reading>,
     pub answer: Option<Answer>,
+    /// Reports of the VTN's events for the OpenADR VEN (sent after the batch is on disk).
+    pub vtn_reports: Vec<crate::openadr::IntervalReport>,
 }
 
 impl Effects {
@@ -228,6 +234,7 @@ impl Effects {
             && self.downlinks.is_empty()
             && self.relays.is_empty()
             && self.notes.is_empty()
+            && self.vtn_reports.is_empty()
     }
 
     /// Downlinks dropped because the keys they were queued under are gone (a device change).
@@ -311,6 +318,11 @@ impl District {
                 let lo = self.loops.control_box(now, contact, closed);
                 self.loop_output(now, lo, &mut fx);
             }
+            Input::VtnEvents(events) => {
+                let (acks, lo) = self.loops.vtn_events(now, events);
+                fx.answer = Some(Answer::VtnEvents(acks));
+                self.loop_output(now, lo, &mut fx);
+            }
         }
         fx
     }
@@ -383,6 +395,7 @@ impl District {
             }
         }
         fx.save_loops |= lo.save_now;
+        fx.vtn_reports.extend(lo.vtn_reports);
     }
 
     /// The control loops' state and the network server's part (`lorawan`: counts, class C devices that

@@ -68,6 +68,8 @@ pub struct LoopOutput {
     pub actuate: Vec<Actuate>,
     /// The loops' persistent state changed in a way that must survive a crash (an event fired).
     pub save_now: bool,
+    /// Reports of the VTN's events, for the OpenADR VEN to send back (also published as DR reports).
+    pub vtn_reports: Vec<crate::openadr::IntervalReport>,
 }
 
 impl LoopOutput {
@@ -75,6 +77,7 @@ impl LoopOutput {
         self.publish.extend(o.publish);
         self.actuate.extend(o.actuate);
         self.save_now |= o.save_now;
+        self.vtn_reports.extend(o.vtn_reports);
     }
 }
 
@@ -356,6 +359,22 @@ impl Loops {
         }
     }
 
+    /// The OpenADR VTN's complete set of events (see [`demand::Input::VtnEvents`]); the answer per event
+    /// id. Without a demand-response loop every event is refused.
+    pub fn vtn_events(
+        &mut self,
+        now: DateTime<Utc>,
+        events: Vec<demand::DrEvent>,
+    ) -> (Vec<(String, Result<demand::EventAck, demand::EventError>)>, LoopOutput) {
+        let Some(d) = self.demand.as_mut() else {
+            let refused = events.into_iter().map(|e| (e.id, Err(demand::EventError::NoSignal))).collect();
+            return (refused, LoopOutput::default());
+        };
+        let mut o = d.handle(now, demand::Input::VtnEvents(events));
+        let acks = std::mem::take(&mut o.acks);
+        (acks, self.demand_output(o))
+    }
+
     /// `lighting.override` / `lighting.clear` / `dr.event` / `dr.cancel`.
     pub fn command(
         &mut self,
@@ -509,6 +528,7 @@ impl Loops {
             out.publish.push(Publish::Json { topic: Topic::DrStatus, payload: s.to_value() });
         }
         for r in o.reports {
+            out.vtn_reports.extend(crate::openadr::interval_report(&r));
             out.publish.push(Publish::Json { topic: Topic::Aggregate("dr".into()), payload: r.to_value() });
         }
         // Each §14a episode's start and end (with its duration): the record the operator documents.

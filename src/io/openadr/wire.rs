@@ -1,0 +1,143 @@
+//! openleadr-wire's types ↔ the core's plain ones: an event as read from the VTN into
+//! [`crate::openadr::VtnEvent`] (ISO 8601 durations to seconds at their start), and an
+//! [`IntervalReport`] into a `ReportRequest`.
+
+use chrono::{DateTime, Utc};
+use openleadr_wire::event::{Event, EventInterval};
+use openleadr_wire::interval::{Interval as WireInterval, IntervalPeriod};
+use openleadr_wire::report::{ReportPayloadDescriptor, ReportRequest, ReportResource, ReportType, ResourceName};
+use openleadr_wire::values_map::{Value, ValueType, ValuesMap};
+use openleadr_wire::Unit;
+
+use crate::openadr::{Interval, IntervalReport, Payload, PayloadValue, Period, VtnEvent};
+
+/// The client name the gateway's reports carry (the VEN's name).
+pub const REPORT_NAME: &str = "district-gateway demand response";
+
+/// An enum's wire name (`IMPORT_CAPACITY_LIMIT`, `KW`), through its serde form.
+fn wire_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+fn seconds(d: &openleadr_wire::Duration, at: DateTime<Utc>) -> u64 {
+    u64::try_from(d.to_chrono_at_datetime(at).num_seconds()).unwrap_or(0)
+}
+
+fn period(p: &IntervalPeriod) -> Period {
+    Period {
+        start: Some(p.start),
+        duration_s: p.duration.as_ref().map(|d| seconds(d, p.start)),
+        randomize_s: p.randomize_start.as_ref().map(|d| seconds(d, p.start)),
+    }
+}
+
+fn interval(iv: &EventInterval, units: &[(String, String)]) -> Interval {
+    Interval {
+        id: iv.id,
+        period: iv.interval_period.as_ref().map(|p| period(p)),
+        payloads: iv
+            .payloads
+            .iter()
+            .map(|m| {
+                let kind = wire_name(&m.value_type);
+                Payload {
+                    units: units.iter().find(|(k, _)| *k == kind).map(|(_, u)| u.clone()),
+                    values: m
+                        .values
+                        .iter()
+                        .map(|v| match v {
+                            Value::Integer(i) => PayloadValue::Number(*i as f64),
+                            Value::Number(n) => PayloadValue::Number(*n),
+                            _ => PayloadValue::Other,
+                        })
+                        .collect(),
+                    kind,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The core's view of an event read from the VTN.
+pub fn vtn_event(e: &Event) -> VtnEvent {
+    let c = &e.content;
+    let units: Vec<(String, String)> = c
+        .payload_descriptors
+        .iter()
+        .flatten()
+        .filter_map(|d| Some((wire_name(&d.payload_type), wire_name(d.units.as_ref()?))))
+        .collect();
+    VtnEvent {
+        id: e.id.as_str().to_string(),
+        program_id: c.program_id.as_str().to_string(),
+        modified: e.modification_date_time,
+        period: c.interval_period.as_ref().map(|p| period(p)),
+        intervals: c.intervals.iter().flatten().map(|iv| interval(iv, &units)).collect(),
+    }
+}
+
+fn number(kind: &str, v: f64) -> ValuesMap {
+    ValuesMap { value_type: ValueType(kind.to_string()), values: vec![Value::Number(v)] }
+}
+
+fn duration(s: u64) -> Option<openleadr_wire::Duration> {
+    format!("PT{s}S").parse().ok()
+}
+
+/// The report of one interval: the feeder as a whole (`AGGREGATED_REPORT`: mean and peak of the
+/// measured power in kW as `DEMAND`, the energy the loads did not draw as `DELTA_USAGE` in kWh, negative:
+/// less than without the event) and each load (its time blocked or reduced, s, as the private
+/// `BLOCKED_SECONDS`). Values only where there are some (no reading: no `DEMAND`).
+pub fn report_request(
+    r: &IntervalReport,
+    event_id: openleadr_wire::event::EventId,
+    client_name: &str,
+) -> ReportRequest {
+    let period = IntervalPeriod { start: r.start, duration: duration(r.duration_s), randomize_start: None };
+    let mut feeder = Vec::new();
+    if let Some(m) = r.mean_kw {
+        feeder.push(number("DEMAND", m));
+    }
+    feeder.push(number("DELTA_USAGE", -r.shed_kwh));
+    let mut resources = vec![ReportResource {
+        resource_name: ResourceName::AggregatedReport,
+        interval_period: Some(period.clone()),
+        intervals: vec![WireInterval { id: r.interval_id, interval_period: None, payloads: feeder }],
+    }];
+    if let Some(p) = r.peak_kw {
+        resources[0].intervals[0].payloads.push(number("DEMAND_PEAK", p));
+    }
+    for (load, blocked_s) in &r.loads_blocked_s {
+        resources.push(ReportResource {
+            resource_name: ResourceName::Private(load.clone()),
+            interval_period: Some(period.clone()),
+            intervals: vec![WireInterval {
+                id: r.interval_id,
+                interval_period: None,
+                payloads: vec![number("BLOCKED_SECONDS", *blocked_s)],
+            }],
+        });
+    }
+    let descriptor =
+        |t: ReportType, units: Option<Unit>| ReportPayloadDescriptor { units, ..ReportPayloadDescriptor::new(t) };
+    ReportRequest {
+        event_id,
+        client_name: client_name.to_string(),
+        report_name: Some(format!(
+            "{REPORT_NAME}, interval {}{}",
+            r.interval_id,
+            if r.cancelled { " (withdrawn)" } else { "" }
+        )),
+        payload_descriptors: Some(vec![
+            descriptor(ReportType::Demand, Some(Unit::KW)),
+            descriptor(ReportType::DeltaUsage, Some(Unit::KWH)),
+            descriptor(ReportType::Private("DEMAND_PEAK".into()), Some(Unit::KW)),
+            descriptor(ReportType::Private("BLOCKED_SECONDS".into()), None),
+        ]),
+        resources,
+    }
+}
