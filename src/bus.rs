@@ -91,9 +91,7 @@ pub enum Control {
     /// The OpenADR VTN's complete set of events (the VEN's poll), mapped; `reply`: each event's answer.
     VtnEvents {
         events: Vec<crate::control::demand::DrEvent>,
-        reply: oneshot::Sender<
-            Vec<(String, Result<crate::control::demand::EventAck, crate::control::demand::EventError>)>,
-        >,
+        reply: oneshot::Sender<crate::control::demand::VtnAcks>,
     },
     /// The control loops' state, for `status`.
     LoopStatus {

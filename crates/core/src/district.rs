@@ -196,7 +196,7 @@ pub enum Answer {
     /// To [`Input::Command`]: the command's result, or its refusal.
     Command(Result<Value, (RefusalCode, String)>),
     /// To [`Input::VtnEvents`]: each event's answer.
-    VtnEvents(Vec<(String, Result<crate::control::demand::EventAck, crate::control::demand::EventError>)>),
+    VtnEvents(crate::control::demand::VtnAcks),
 }
 
 /// What one input produced, for the shell to carry out. Ordering rule: `records` and `persist` go to

@@ -365,7 +365,7 @@ impl Loops {
         &mut self,
         now: DateTime<Utc>,
         events: Vec<demand::DrEvent>,
-    ) -> (Vec<(String, Result<demand::EventAck, demand::EventError>)>, LoopOutput) {
+    ) -> (demand::VtnAcks, LoopOutput) {
         let Some(d) = self.demand.as_mut() else {
             let refused = events.into_iter().map(|e| (e.id, Err(demand::EventError::NoSignal))).collect();
             return (refused, LoopOutput::default());

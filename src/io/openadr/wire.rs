@@ -38,7 +38,7 @@ fn period(p: &IntervalPeriod) -> Period {
 fn interval(iv: &EventInterval, units: &[(String, String)]) -> Interval {
     Interval {
         id: iv.id,
-        period: iv.interval_period.as_ref().map(|p| period(p)),
+        period: iv.interval_period.as_ref().map(period),
         payloads: iv
             .payloads
             .iter()
@@ -75,7 +75,7 @@ pub fn vtn_event(e: &Event) -> VtnEvent {
         id: e.id.as_str().to_string(),
         program_id: c.program_id.as_str().to_string(),
         modified: e.modification_date_time,
-        period: c.interval_period.as_ref().map(|p| period(p)),
+        period: c.interval_period.as_ref().map(period),
         intervals: c.intervals.iter().flatten().map(|iv| interval(iv, &units)).collect(),
     }
 }

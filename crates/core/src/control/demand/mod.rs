@@ -153,6 +153,9 @@ pub enum Input {
     VtnEvents(Vec<DrEvent>),
 }
 
+/// The answer to each event of an `Input::VtnEvents`, by loop event id.
+pub type VtnAcks = Vec<(String, Result<EventAck, EventError>)>;
+
 /// Everything one call produces.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Output {
@@ -166,7 +169,7 @@ pub struct Output {
     /// Control-box episodes that started or ended.
     pub control_box: Vec<ControlBoxEpisode>,
     /// The answers to a `VtnEvents` input, per event id (withdrawn ones as `Cancelled`).
-    pub acks: Vec<(String, Result<EventAck, EventError>)>,
+    pub acks: VtnAcks,
 }
 
 /// The demand-response loop of one feeder.
