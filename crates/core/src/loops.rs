@@ -361,11 +361,7 @@ impl Loops {
 
     /// The OpenADR VTN's complete set of events (see [`demand::Input::VtnEvents`]); the answer per event
     /// id. Without a demand-response loop every event is refused.
-    pub fn vtn_events(
-        &mut self,
-        now: DateTime<Utc>,
-        events: Vec<demand::DrEvent>,
-    ) -> (demand::VtnAcks, LoopOutput) {
+    pub fn vtn_events(&mut self, now: DateTime<Utc>, events: Vec<demand::DrEvent>) -> (demand::VtnAcks, LoopOutput) {
         let Some(d) = self.demand.as_mut() else {
             let refused = events.into_iter().map(|e| (e.id, Err(demand::EventError::NoSignal))).collect();
             return (refused, LoopOutput::default());

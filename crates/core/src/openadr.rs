@@ -79,6 +79,47 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// An ISO 8601 duration (`PT15M`, `P1DT2H`, `P9999Y`, `P0Y0M0DT0H0M900S`) in whole seconds, saturating;
+/// None if it is not one. Years count as 365 days and months as 30 (demand-response intervals are
+/// minutes or hours; a year or more only says "until withdrawn"). Parsed here rather than with the
+/// wire crate's calendar conversion, which panics on durations beyond the calendar (a hostile or
+/// broken VTN must not stop the VEN).
+pub fn duration_seconds(iso: &str) -> Option<u64> {
+    let rest = iso.strip_prefix('P')?;
+    let (date, time) = match rest.split_once('T') {
+        Some((d, t)) if !t.is_empty() => (d, Some(t)),
+        Some(_) => return None,
+        None => (rest, None),
+    };
+    fn fields(part: &str, units: &[(char, f64)]) -> Option<f64> {
+        let mut total = 0.0;
+        let mut number = String::new();
+        let mut next_unit = 0;
+        for c in part.chars() {
+            if c.is_ascii_digit() || c == '.' || c == ',' {
+                number.push(if c == ',' { '.' } else { c });
+                continue;
+            }
+            let i = units.iter().skip(next_unit).position(|(u, _)| *u == c)? + next_unit;
+            let n: f64 = number.parse().ok()?;
+            total += n * units[i].1;
+            number.clear();
+            next_unit = i + 1;
+        }
+        number.is_empty().then_some(total)
+    }
+    const DAY: f64 = 86_400.0;
+    let mut total = fields(date, &[('Y', 365.0 * DAY), ('M', 30.0 * DAY), ('W', 7.0 * DAY), ('D', DAY)])?;
+    if let Some(t) = time {
+        total += fields(t, &[('H', 3600.0), ('M', 60.0), ('S', 1.0)])?;
+    }
+    if rest.is_empty() || !total.is_finite() {
+        return None;
+    }
+    // `as` saturates: anything beyond u64 is "forever" anyway.
+    Some(total.max(0.0) as u64)
+}
+
 /// The loop's id for interval `interval` of VTN event `event`.
 pub fn dr_event_id(event: &str, interval: i32) -> String {
     format!("{VTN_PREFIX}{event}:{interval}")
@@ -125,7 +166,7 @@ pub fn to_dr_events(ev: &VtnEvent) -> (Vec<DrEvent>, Vec<Refusal>) {
             None => 0,
             Some(d) if d >= UNTIL_WITHDRAWN_S => 0,
             Some(0) => {
-                refused.push(refuse(Some(iv.id), "the interval's duration is zero".into()));
+                refused.push(refuse(Some(iv.id), "the interval's duration is zero or unreadable".into()));
                 continue;
             }
             Some(d) if d > MAX_EVENT_DURATION_S => {

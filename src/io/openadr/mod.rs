@@ -15,6 +15,8 @@
 
 mod wire;
 
+pub use wire::map_json;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;

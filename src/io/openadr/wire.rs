@@ -2,7 +2,6 @@
 //! [`crate::openadr::VtnEvent`] (ISO 8601 durations to seconds at their start), and an
 //! [`IntervalReport`] into a `ReportRequest`.
 
-use chrono::{DateTime, Utc};
 use openleadr_wire::event::{Event, EventInterval};
 use openleadr_wire::interval::{Interval as WireInterval, IntervalPeriod};
 use openleadr_wire::report::{ReportPayloadDescriptor, ReportRequest, ReportResource, ReportType, ResourceName};
@@ -23,15 +22,17 @@ fn wire_name<T: serde::Serialize>(v: &T) -> String {
     }
 }
 
-fn seconds(d: &openleadr_wire::Duration, at: DateTime<Utc>) -> u64 {
-    u64::try_from(d.to_chrono_at_datetime(at).num_seconds()).unwrap_or(0)
+/// A duration in seconds, by the core's parser (the wire crate's own conversion panics beyond the
+/// calendar); 0 if unreadable, which refuses the interval.
+fn seconds(d: &openleadr_wire::Duration) -> u64 {
+    crate::openadr::duration_seconds(&d.to_string()).unwrap_or(0)
 }
 
 fn period(p: &IntervalPeriod) -> Period {
     Period {
         start: Some(p.start),
-        duration_s: p.duration.as_ref().map(|d| seconds(d, p.start)),
-        randomize_s: p.randomize_start.as_ref().map(|d| seconds(d, p.start)),
+        duration_s: p.duration.as_ref().map(seconds),
+        randomize_s: p.randomize_start.as_ref().map(seconds),
     }
 }
 
@@ -60,6 +61,13 @@ fn interval(iv: &EventInterval, units: &[(String, String)]) -> Interval {
             })
             .collect(),
     }
+}
+
+/// The mapped loop events and refusals of an event as JSON from the VTN (None: not an event), for the
+/// fuzz target: the VEN's whole path from the VTN's bytes to the loop's events.
+pub fn map_json(bytes: &[u8]) -> Option<(Vec<crate::control::demand::DrEvent>, Vec<crate::openadr::Refusal>)> {
+    let e: Event = serde_json::from_slice(bytes).ok()?;
+    Some(crate::openadr::to_dr_events(&vtn_event(&e)))
 }
 
 /// The core's view of an event read from the VTN.

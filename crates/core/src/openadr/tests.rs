@@ -155,3 +155,19 @@ fn only_reports_of_vtn_events_go_back_to_the_vtn() {
     r.scope = ReportScope::Window;
     assert_eq!(interval_report(&r), None);
 }
+
+#[test]
+fn iso8601_durations_in_seconds_never_panic() {
+    assert_eq!(duration_seconds("PT15M"), Some(900));
+    assert_eq!(duration_seconds("PT1H30M"), Some(5400));
+    assert_eq!(duration_seconds("P1DT2H"), Some(93_600));
+    assert_eq!(duration_seconds("P0Y0M0DT0H0M900S"), Some(900)); // openleadr-wire's own form
+    assert_eq!(duration_seconds("PT0.5S"), Some(0));
+    assert_eq!(duration_seconds("PT1,5M"), Some(90));
+    assert_eq!(duration_seconds("P2W"), Some(14 * 86_400));
+    assert!(duration_seconds("P9999Y").is_some_and(|s| s >= UNTIL_WITHDRAWN_S));
+    assert_eq!(duration_seconds("P99999999999999999999999999999Y"), Some(u64::MAX));
+    for bad in ["", "P", "PT", "15M", "PT15", "P1H", "PT1M1H", "P1Y1Y", "PTxM", "P1..2D", "P-1D", "PT1S2"] {
+        assert_eq!(duration_seconds(bad), None, "{bad}");
+    }
+}
