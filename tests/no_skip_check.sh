@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks issue 15's rule on this machine: every test that needs an outside tool FAILS under CI=1 when
-# the tool is absent (PATH emptied: no chromium, python3, mount), and skips (passes, printing SKIPPED)
+# the tool is absent (PATH emptied: no chromium, python3, mount, openleadr-vtn), and skips (passes, printing SKIPPED)
 # without CI. Usage: bash tests/no_skip_check.sh   (builds the test binaries it needs, release profile)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,8 @@ cases=(
   "ops_e2e:commands::signed_commands_are_checked_and_every_refusal_changes_nothing"
   "lib=district_core:commands::tests::sign_command_script_when_available"
   "lib=district_core:lorawan::multicast::tests::frame_verifies_with_an_independent_implementation"
+  "openadr_e2e:vtn_harness_business_logic_creates_a_program_and_an_event_a_ven_sees"
+  "openadr_e2e:gateway::the_gateway_follows_a_real_vtn"
 )
 targets=()
 for c in "${cases[@]}"; do

@@ -6,6 +6,7 @@
 pub mod http;
 pub mod pull_forwarder;
 pub mod signed;
+pub mod vtn;
 
 use std::collections::HashMap;
 use std::io::Write;

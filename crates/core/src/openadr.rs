@@ -13,8 +13,10 @@
 //! - `IMPORT_CAPACITY_LIMIT` → a feeder limit in kW (units `KW` or none, or `W`); `SIMPLE` → the
 //!   loop's level (0 normal … 3 special; the level factors of the config); both → the tighter.
 //!   Any other payload type makes the interval refused (reported, never half-applied).
-//! - The version: `modificationDateTime` in seconds since 2020 ([`modification`]): a modified event
-//!   replaces the booked one, an unchanged one is acknowledged as stale and changes nothing.
+//! - The version: `modificationDateTime` in seconds since 2020 ([`modification`]), for the reports. The
+//!   loop replaces a booked VTN interval whenever the VTN's version differs from it in anything else
+//!   (the VTN is the one source of its events; its times have whole seconds), and an unchanged one is
+//!   acknowledged as stale and changes nothing ([`crate::control::demand::Input::VtnEvents`]).
 //! - Priority is not used: every active event limits, and the tightest limit wins (as for the city's
 //!   events).
 

@@ -55,13 +55,27 @@ impl Demand {
     /// The VTN's complete set: book each, cancel what it withdrew (see [`super::Input::VtnEvents`]).
     pub(super) fn vtn_events(&mut self, now: DateTime<Utc>, events: Vec<DrEvent>, out: &mut Output) {
         let wanted: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        for ev in events {
+        // The VTN's current version always wins: its modification time has whole seconds (an event
+        // modified within the second it was created keeps its number) and its clock may step back, so
+        // a booked version that differs in anything but the number is replaced, and one that does not
+        // is stale whatever the numbers say.
+        let same = |a: &DrEvent, b: &DrEvent| {
+            DrEvent { modification: 0, ..a.clone() } == DrEvent { modification: 0, ..b.clone() }
+        };
+        for mut ev in events {
             let id = ev.id.clone();
-            let ack = if id.starts_with(VTN_PREFIX) {
-                self.events.upsert(ev, now, &mut self.rng, self.p.limit_kw, &self.p.level_factors)
-            } else {
-                Err(super::EventError::InvalidId)
-            };
+            if !id.starts_with(VTN_PREFIX) {
+                out.acks.push((id, Err(super::EventError::InvalidId)));
+                continue;
+            }
+            if let Some(b) = self.events.booked.iter().find(|b| b.ev.id == id) {
+                if same(&b.ev, &ev) {
+                    out.acks.push((id, Ok(super::EventAck::Stale { current: b.ev.modification })));
+                    continue;
+                }
+                ev.modification = ev.modification.max(b.ev.modification.saturating_add(1));
+            }
+            let ack = self.events.upsert(ev, now, &mut self.rng, self.p.limit_kw, &self.p.level_factors);
             out.acks.push((id, ack));
         }
         let withdrawn: Vec<String> = self

@@ -79,3 +79,28 @@ fn vtn_events_run_on_while_the_city_heartbeat_is_lost() {
     sim.run_until(t0 + Duration::minutes(70));
     assert_eq!(sim.d.limit(), (215.0, &LimitReason::Event(a.id.clone())));
 }
+
+#[test]
+fn a_vtn_version_that_differs_replaces_the_booked_one_whatever_its_number() {
+    let p = small();
+    let t0 = day0();
+    let mut sim = Sim::new(&p, t0, flat);
+    let a = vtn("ev-a", 10, t0, 3600, 220.0);
+    sim.input(Input::VtnEvents(vec![a.clone()]));
+    // Modified within the same second: the same number, another limit.
+    let same_second = DrEvent { limit_kw: Some(230.0), ..a.clone() };
+    sim.vtn_acks.clear();
+    sim.input(Input::VtnEvents(vec![same_second.clone()]));
+    assert_eq!(sim.vtn_acks, vec![(a.id.clone(), Ok(EventAck::Replaced { previous: 10 }))]);
+    assert_eq!(sim.d.limit(), (230.0, &LimitReason::Event(a.id.clone())));
+    // The next poll brings the same version again: stale, nothing changes.
+    sim.vtn_acks.clear();
+    sim.input(Input::VtnEvents(vec![same_second]));
+    assert_eq!(sim.vtn_acks, vec![(a.id.clone(), Ok(EventAck::Stale { current: 11 }))]);
+    // A version with an older number (the VTN's clock stepped back) that differs still replaces.
+    let older = DrEvent { modification: 3, limit_kw: Some(225.0), ..a.clone() };
+    sim.vtn_acks.clear();
+    sim.input(Input::VtnEvents(vec![older]));
+    assert_eq!(sim.vtn_acks, vec![(a.id.clone(), Ok(EventAck::Replaced { previous: 11 }))]);
+    assert_eq!(sim.d.limit(), (225.0, &LimitReason::Event(a.id.clone())));
+}
