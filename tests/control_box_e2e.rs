@@ -12,14 +12,13 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::http::http_get;
 use common::pull_forwarder::Forwarder;
-use common::Subscriber;
+use common::{openpty, until, Subscriber};
 use district_gateway::config;
 use district_gateway::io::gpio::{FakeInput, FakeOutput};
 use district_gateway::io::gwmp::packet::{build_push_data, RxPkOut};
@@ -62,30 +61,6 @@ impl Forwarder {
             }
         }
         out
-    }
-}
-
-fn openpty() -> (std::fs::File, PathBuf) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
-    nix::sys::termios::cfmakeraw(&mut t);
-    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
-    let path = nix::unistd::ttyname(&pty.slave).unwrap();
-    std::mem::forget(pty.slave);
-    (std::fs::File::from(pty.master), path)
-}
-
-/// Polls `f` every 100 ms for up to `limit`.
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
@@ -153,23 +152,13 @@ async fn presence_brightens_the_lamps_ahead_with_the_broker_up_and_down() {
     daemon.stop().await;
 }
 
-fn openpty() -> (std::fs::File, PathBuf) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
-    nix::sys::termios::cfmakeraw(&mut t);
-    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
-    let path = nix::unistd::ttyname(&pty.slave).unwrap();
-    std::mem::forget(pty.slave);
-    (std::fs::File::from(pty.master), path)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feeder_over_its_limit_sheds_loads_through_relays_and_downlinks() {
     let broker = common::Broker::start();
     let port = broker.port;
     let sub = tokio::task::spawn_blocking(move || common::Subscriber::start(port, "city/dr-01/#")).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut master, slave) = openpty();
+    let (mut master, slave) = common::openpty();
     let mut wb = SimDevice::numbered("wb-ctl", 1, "raw");
     let text = format!(
         "[gateway]\nid = \"dr-01\"\ndata_dir = \"{}\"\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\

@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -84,24 +83,12 @@ async fn a_frame_received_by_the_sx127x_model_becomes_a_reading_and_class_c_down
     daemon.stop().await;
 }
 
-fn openpty() -> (std::fs::File, PathBuf) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
-    nix::sys::termios::cfmakeraw(&mut t);
-    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
-    let path = nix::unistd::ttyname(&pty.slave).unwrap();
-    // Keep the slave open in this process too, so the master does not see a hangup between opens.
-    std::mem::forget(pty.slave);
-    let _ = pty.master.as_raw_fd();
-    (std::fs::File::from(pty.master), path)
-}
-
 #[test]
 fn sml_bytes_on_a_pty_become_meter_readings_with_the_meters_own_values() {
     let broker = common::Broker::start();
     let sub = common::Subscriber::start(broker.port, "city/meter-01/#");
     let dir = tempfile::tempdir().unwrap();
-    let (mut master, slave) = openpty();
+    let (mut master, slave) = common::openpty();
     let text = format!(
         "{}[[source]]\ntype = \"sml\"\nport = \"{}\"\ndevice = \"feeder-meter\"\n[[source]]\ntype = \"gwmp\"\nbind = \"127.0.0.1:{}\"\n",
         base_config(dir.path(), "meter-01", broker.port),

@@ -38,6 +38,32 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A raw pseudo-terminal: (its master, the slave's path) — a serial port for a source to open. The
+/// slave stays open in this process too, so the master does not see a hangup between the source's opens.
+pub fn openpty() -> (std::fs::File, PathBuf) {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
+    let path = nix::unistd::ttyname(&pty.slave).unwrap();
+    std::mem::forget(pty.slave);
+    (std::fs::File::from(pty.master), path)
+}
+
+/// Polls `f` every 50 ms for up to `limit` without blocking the runtime (for in-process daemons).
+pub async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -3,13 +3,12 @@
 //! modifies and deletes events through the VTN's API with openleadr-client.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use common::Subscriber;
+use common::{openpty, until, Subscriber};
 use district_gateway::config;
 use district_gateway::io::gpio::FakeOutput;
 use district_gateway::io::status::{SourceState, SourceStatus};
@@ -19,30 +18,6 @@ use openleadr_wire::event::{EventInterval, EventType, EventValuesMap};
 use openleadr_wire::interval::IntervalPeriod;
 use openleadr_wire::values_map::Value as WireValue;
 use serde_json::Value;
-
-fn openpty() -> (std::fs::File, PathBuf) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
-    nix::sys::termios::cfmakeraw(&mut t);
-    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
-    let path = nix::unistd::ttyname(&pty.slave).unwrap();
-    std::mem::forget(pty.slave);
-    (std::fs::File::from(pty.master), path)
-}
-
-/// Polls `f` every 50 ms for up to `limit`.
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// An interval `id` of `secs` seconds from `start` with one payload.
 fn interval(id: i32, start: chrono::DateTime<chrono::Utc>, secs: u64, kind: EventType, v: f64) -> EventInterval {
