@@ -227,7 +227,8 @@ impl Daemon {
             Some(cfg) => {
                 let secret = crate::config::openadr::read_client_secret(&config.resolve_path(&cfg.client_secret_file))
                     .map_err(|e| anyhow::anyhow!(e))?;
-                let client = crate::io::openadr::client(cfg, secret)?;
+                // The client is built here once so that a bad URL fails the start, not the task.
+                drop(crate::io::openadr::client(cfg, secret.clone())?);
                 let status = SourceStatus::new(crate::io::openadr::NAME, "openadr");
                 sources.push(status.clone());
                 let (reports_tx, reports) = mpsc::channel(64);
@@ -238,7 +239,12 @@ impl Daemon {
                     counters: counters.clone(),
                     shutdown: shutdown_rx.clone(),
                 };
-                tasks.spawn(crate::io::openadr::run(cfg.clone(), client, wiring));
+                let cfg = cfg.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = crate::io::openadr::run(cfg, secret, wiring).await {
+                        tracing::error!(error = %e, "the OpenADR VEN stopped");
+                    }
+                });
                 Some(reports_tx)
             }
             None => None,

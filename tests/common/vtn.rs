@@ -298,6 +298,12 @@ impl Vtn {
     }
 
     /// [`Vtn::stop`], then [`Vtn::start_again`].
+    /// A new signing secret for the VTN's tokens from the next [`Vtn::start_again`] on: every token
+    /// issued before is refused then (a key rotation at the VTN).
+    pub fn rotate_signing_secret(&mut self) {
+        self.oauth_secret = base64::engine::general_purpose::STANDARD.encode(random_bytes::<48>());
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.start_again();

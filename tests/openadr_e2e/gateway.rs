@@ -215,13 +215,17 @@ async fn the_gateway_follows_a_real_vtn() {
         "dr/status while the VTN is away: {:?}",
         gw.statuses().last()
     );
+    // It comes back with a rotated signing key: the VEN's token is refused, it gets a new one.
+    vtn.rotate_signing_secret();
     tokio::task::block_in_place(|| vtn.start_again());
     assert!(
         until(Duration::from_secs(30), || ven.state() == SourceState::Up).await,
         "VEN up again: {:?}",
         ven.snapshot()
     );
+    // The business side needs a new token as well.
     let bl = vtn.business_logic();
+    let program = bl.get_program_by_id(program.id()).await.unwrap();
     let event = bl.get_event_by_id(event.id()).await.unwrap();
     event.delete().await.unwrap();
     assert!(until(Duration::from_secs(15), || gw.normal()).await, "the cancel after the restart");

@@ -74,6 +74,16 @@ fn describe(e: &openleadr_client::Error) -> String {
     }
 }
 
+/// The VTN (or its token endpoint) refused the client's token or credentials.
+fn unauthorized(e: &openleadr_client::Error) -> bool {
+    match e {
+        openleadr_client::Error::Problem(p) => p.status == reqwest::StatusCode::UNAUTHORIZED,
+        openleadr_client::Error::Reqwest(r) => r.status() == Some(reqwest::StatusCode::UNAUTHORIZED),
+        openleadr_client::Error::AuthProblem(_) | openleadr_client::Error::OAuthTokenNotBearer => true,
+        _ => false,
+    }
+}
+
 /// The VTN rejected the request for good (4xx): retrying the same one cannot help.
 fn rejected(e: &openleadr_client::Error) -> bool {
     match e {
@@ -100,6 +110,8 @@ pub fn client(cfg: &OpenAdrConfig, secret: String) -> anyhow::Result<Client<Virt
 /// The VEN's state between polls.
 struct Ven {
     cfg: OpenAdrConfig,
+    /// Kept to make a new client when the VTN refuses the token (see [`Ven::vtn_down`]).
+    secret: String,
     client: Client<VirtualEndNode>,
     w: VenWiring,
     registered: bool,
@@ -111,10 +123,18 @@ struct Ven {
 }
 
 /// Runs the VEN until shutdown.
-pub async fn run(cfg: OpenAdrConfig, client: Client<VirtualEndNode>, w: VenWiring) {
+pub async fn run(cfg: OpenAdrConfig, secret: String, w: VenWiring) -> anyhow::Result<()> {
     let every = Duration::from_secs(cfg.poll_interval_s);
-    let mut ven =
-        Ven { cfg, client, w, registered: false, refused_seen: BTreeSet::new(), pending: VecDeque::new(), up: None };
+    let mut ven = Ven {
+        client: client(&cfg, secret.clone())?,
+        cfg,
+        secret,
+        w,
+        registered: false,
+        refused_seen: BTreeSet::new(),
+        pending: VecDeque::new(),
+        up: None,
+    };
     tracing::info!(vtn = %ven.cfg.vtn_url, ven = %ven.cfg.ven_name, programs = ?ven.cfg.programs(), "OpenADR VEN started");
     let mut next = tokio::time::Instant::now();
     loop {
@@ -138,6 +158,7 @@ pub async fn run(cfg: OpenAdrConfig, client: Client<VirtualEndNode>, w: VenWirin
         }
     }
     ven.w.status.set_stopped();
+    Ok(())
 }
 
 impl Ven {
@@ -157,6 +178,15 @@ impl Ven {
         }
         self.w.status.set_down(why);
         self.up = Some(false);
+        // openleadr-client fetches a token only when its own clock says the last one expired, never on
+        // a refusal: a VTN whose signing key was rotated would refuse the VEN until then (30 days with
+        // openleadr-vtn's provider). A refused token gets a new client, and so a new token next poll.
+        if unauthorized(e) {
+            match client(&self.cfg, self.secret.clone()) {
+                Ok(c) => self.client = c,
+                Err(e) => tracing::warn!(error = %e, "OpenADR client not rebuilt"),
+            }
+        }
     }
 
     /// Registers the VEN if needed; reads the programs' events; hands the set to the loop.
