@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,7 +82,7 @@ async fn start(gateway: &str, level: bool) -> Site {
     let filter = format!("city/{gateway}/#");
     let sub = tokio::task::spawn_blocking(move || Subscriber::start(port, &filter)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut master, slave) = openpty();
+    let (master, slave) = openpty();
     let wb = SimDevice::numbered("wb-ctl", 1, "raw");
     let text = format!(
         "[gateway]\nid = \"{gateway}\"\ndata_dir = \"{}\"\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\
@@ -111,17 +110,7 @@ async fn start(gateway: &str, level: bool) -> Site {
     let mut wb2 = wb.clone();
     fwd.up(wb2.uplink(b"hello")).await; // the route to the wallbox controller
                                         // The Holley meter dump says 460 W, every 0.7 s: far under the 50 kW limit.
-    let dump = std::fs::read(common::vectors_dir().join("sml/libsml-testing/HOLLEY_DTZ541-ZDBA.bin")).unwrap();
-    let meter_on = Arc::new(AtomicBool::new(true));
-    let on = meter_on.clone();
-    std::thread::spawn(move || {
-        while on.load(Ordering::Relaxed) {
-            if master.write_all(&dump).is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(700));
-        }
-    });
+    let meter_on = common::feed_holley_meter(master);
     Site { daemon, contact, relays, fwd, wb: wb2, sub, meter_on, _broker: broker, _dir: dir }
 }
 

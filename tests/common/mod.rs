@@ -50,6 +50,23 @@ pub fn openpty() -> (std::fs::File, PathBuf) {
     (std::fs::File::from(pty.master), path)
 }
 
+/// A feeder meter on the pty `master`: the Holley DTZ541 dump (460 W) every 0.7 s until the returned
+/// flag is cleared (or the port closes).
+pub fn feed_holley_meter(mut master: std::fs::File) -> Arc<AtomicBool> {
+    let dump = std::fs::read(vectors_dir().join("sml/libsml-testing/HOLLEY_DTZ541-ZDBA.bin")).unwrap();
+    let meter_on = Arc::new(AtomicBool::new(true));
+    let on = meter_on.clone();
+    std::thread::spawn(move || {
+        while on.load(Ordering::Relaxed) {
+            if master.write_all(&dump).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(700));
+        }
+    });
+    meter_on
+}
+
 /// Polls `f` every 50 ms for up to `limit` without blocking the runtime (for in-process daemons).
 pub async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = tokio::time::Instant::now() + limit;

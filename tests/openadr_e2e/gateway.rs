@@ -2,7 +2,6 @@
 //! heat pump on fake SG-Ready relays and `[openadr]` polling every second; the business side creates,
 //! modifies and deletes events through the VTN's API with openleadr-client.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +47,7 @@ impl Gateway {
         let secret = dir.path().join("openadr.secret");
         std::fs::write(&secret, format!("{}\n", vtn.ven().client_secret)).unwrap();
         std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let (mut master, slave) = openpty();
+        let (master, slave) = openpty();
         let text = format!(
             "[gateway]\nid = \"{gateway}\"\ndata_dir = \"{}\"\n[ops]\nhttp_bind = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\
              [[source]]\ntype = \"sml\"\nport = \"{}\"\ndevice = \"feeder-meter\"\n\
@@ -67,17 +66,7 @@ impl Gateway {
         hw.relays.insert(17, relays.0.clone());
         hw.relays.insert(27, relays.1.clone());
         let daemon = Daemon::start_with(&cfg, hw).await.unwrap();
-        let dump = std::fs::read(common::vectors_dir().join("sml/libsml-testing/HOLLEY_DTZ541-ZDBA.bin")).unwrap();
-        let meter_on = Arc::new(AtomicBool::new(true));
-        let on = meter_on.clone();
-        std::thread::spawn(move || {
-            while on.load(Ordering::Relaxed) {
-                if master.write_all(&dump).is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(700));
-            }
-        });
+        let meter_on = common::feed_holley_meter(master);
         Gateway { daemon, relays, sub, meter_on, _broker: broker, _dir: dir }
     }
 
